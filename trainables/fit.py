@@ -1,0 +1,49 @@
+"""Run one trial without a sweep: ``python -m trainables.fit FILE.yaml --out DIR [--set key=value ...]``.
+
+Each searched parameter takes its default (its ``default``, first choice, or midpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ._errors import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainables.fit", description=__doc__.splitlines()[0])
+    parser.add_argument("space", help="a space file, e.g. spaces/cxr.yaml")
+    parser.add_argument("--out", required=True, help="output directory (metrics.csv, checkpoint/, predictions_*.parquet)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value: a training parameter (epochs=5) or a dotted path (data.root=/data)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint if there is one")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        from search._space import load_space
+
+        from ._train import train
+
+        space = load_space(args.space, overrides=args.overrides)
+        config = {
+            **space.defaults(),
+            "data": space.data.to_dict(),
+            "_origin": space.origin,
+            "_out_dir": args.out,
+            "_resume": args.resume,
+        }
+        row = train(config)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        msg = str(exc) if exc.origin else f"{args.space}: {exc}"
+        print(f"medsweep: error: {msg}", file=sys.stderr)
+        return 2
+    print(f"[medsweep] done: best {row.get('best_score', float('nan')):.4f} at epoch {row.get('best_epoch')}; outputs in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
