@@ -52,7 +52,9 @@ class DataConfig:
                 f"must be a mapping with at least `source:`, got {type(raw).__name__}", origin=origin, field=prefix
             )
         common = {k: raw[k] for k in _COMMON_KEYS if k in raw}
-        source = create_source({k: v for k, v in raw.items() if k not in _COMMON_KEYS}, origin=origin, prefix=prefix)
+        source = create_source(
+            {k: v for k, v in raw.items() if k not in _COMMON_KEYS}, origin=origin, prefix=prefix, also_valid=_COMMON_KEYS
+        )
         if common.get("on_bad_image", "error") not in ("skip", "error"):
             raise ConfigError(
                 f"must be skip or error, got {common['on_bad_image']!r}", origin=origin, field=f"{prefix}.on_bad_image"

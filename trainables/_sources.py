@@ -11,7 +11,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
@@ -39,19 +39,26 @@ class SourceIndex:
     splits: dict[str, SplitIndex]
 
 
-def _check_keys(raw: Mapping[str, Any], allowed: set[str], *, origin: str, prefix: str) -> None:
+def _check_keys(
+    raw: Mapping[str, Any], allowed: set[str], *, origin: str, prefix: str, also_valid: Iterable[str] = ()
+) -> None:
+    # ``also_valid``: keys the caller has already taken out of ``raw`` (cache_dir, ...); a typo of
+    # one of them must still get its did-you-mean and show up in the list of valid keys.
+    valid = allowed | set(also_valid)
     for key in raw:
         if key not in allowed:
             raise ConfigError(
-                f"unknown key {key!r}{did_you_mean(key, allowed)}; valid keys: {', '.join(sorted(allowed))}",
+                f"unknown key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}",
                 origin=origin,
                 field=f"{prefix}.{key}",
             )
 
 
-def _source_from_dict(cls: type, raw: Mapping[str, Any], *, origin: str, prefix: str) -> Any:
+def _source_from_dict(
+    cls: type, raw: Mapping[str, Any], *, origin: str, prefix: str, also_valid: Iterable[str] = ()
+) -> Any:
     allowed = {f.name for f in dataclasses.fields(cls)}
-    _check_keys(raw, allowed, origin=origin, prefix=prefix)
+    _check_keys(raw, allowed, origin=origin, prefix=prefix, also_valid=also_valid)
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw:
             raise ConfigError(
@@ -334,10 +341,19 @@ class FolderSource:
             )
         idx = np.arange(len(files))
         held = self.val_fraction + self.test_fraction
-        train_idx, rest_idx = train_test_split(idx, test_size=held, stratify=labels, random_state=self.seed)
-        val_idx, test_idx = train_test_split(
-            rest_idx, test_size=self.test_fraction / held, stratify=labels[rest_idx], random_state=self.seed
-        )
+        try:
+            train_idx, rest_idx = train_test_split(idx, test_size=held, stratify=labels, random_state=self.seed)
+            val_idx, test_idx = train_test_split(
+                rest_idx, test_size=self.test_fraction / held, stratify=labels[rest_idx], random_state=self.seed
+            )
+        except ValueError as exc:  # e.g. 3 images per class: stratifying the held-out part leaves 1 per class
+            raise ConfigError(
+                f"{root}: too few images per class ({', '.join(f'{c}: {n}' for c, n in zip(class_names, counts))}) "
+                f"to put every class in train, val and test with val_fraction={self.val_fraction} and "
+                f"test_fraction={self.test_fraction} ({exc}); add images, raise the fractions, "
+                "or provide train/, val/ and test/ folders",
+                field="data.root",
+            ) from None
         return {
             s: ([files[i] for i in sorted(ix)], labels[sorted(ix)])
             for s, ix in (("train", train_idx), ("val", val_idx), ("test", test_idx))
@@ -500,7 +516,7 @@ class CSVSource:
         if not ok.all():
             r, c = np.argwhere(~ok)[0]
             raise ConfigError(
-                f"{csv}: column {self.columns[c]!r} line {r + 2} holds {raw.iloc[r, c]!r}; "
+                f"{csv}: column {self.columns[c]!r} line {r + 2} holds {str(raw.iloc[r, c])!r}; "
                 "multi-label columns may hold only 1, 0, -1 (uncertain) or blank",
                 field="data.label_columns",
             )
@@ -518,8 +534,14 @@ class CSVSource:
 SOURCES: dict[str, type] = {cls.name: cls for cls in (MedMNISTSource, FolderSource, CSVSource)}
 
 
-def create_source(raw: Mapping[str, Any], *, origin: str = "config", prefix: str = "data") -> Any:
-    """Build a source from the ``data`` mapping of a space file (``source:`` picks the kind)."""
+def create_source(
+    raw: Mapping[str, Any], *, origin: str = "config", prefix: str = "data", also_valid: Iterable[str] = ()
+) -> Any:
+    """Build a source from the ``data`` mapping of a space file (``source:`` picks the kind).
+
+    ``also_valid`` names keys the caller handles itself (``DataConfig``'s ``cache_dir``, ...): they are
+    offered as suggestions for unknown keys but are not accepted here.
+    """
     raw = dict(raw)
     kind = raw.pop("source", None)
     if kind not in SOURCES:
@@ -528,4 +550,4 @@ def create_source(raw: Mapping[str, Any], *, origin: str = "config", prefix: str
             origin=origin,
             field=f"{prefix}.source",
         )
-    return _source_from_dict(SOURCES[kind], raw, origin=origin, prefix=prefix)
+    return _source_from_dict(SOURCES[kind], raw, origin=origin, prefix=prefix, also_valid=("source", *also_valid))

@@ -33,14 +33,15 @@ def _in_tune() -> bool:
     return bool(_in_tune_session())
 
 
-def train(config: Mapping[str, Any]) -> dict[str, Any]:
+def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """Train one trial. Ray Tune calls this with a trial's config; it also runs standalone.
 
     ``config`` holds the training parameters (see ``TrainParams``) and ``data`` (the data
     section of a space file). Under Tune every epoch is reported with ``ray.tune.report``
     and a checkpoint; standalone, rows go to ``<_out_dir>/metrics.csv`` and the checkpoint to
     ``<_out_dir>/checkpoint/``. Both leave ``predictions_val.parquet`` and
-    ``predictions_test.parquet`` of the best validation epoch in the trial directory.
+    ``predictions_test.parquet`` of the best validation epoch in the trial directory (and in
+    every checkpoint). Standalone it returns the last epoch's metrics row.
 
     Example:
         >>> train({"backbone": "resnet18", "epochs": 2,
@@ -57,7 +58,9 @@ def train(config: Mapping[str, Any]) -> dict[str, Any]:
     else:
         out_dir = Path(config.get("_out_dir") or "runs/fit")
     out_dir.mkdir(parents=True, exist_ok=True)
-    return _Run(params, data, out_dir, tune=tune, resume=bool(config.get("_resume", False)), config=config).run()
+    last = _Run(params, data, out_dir, tune=tune, resume=bool(config.get("_resume", False)), config=config).run()
+    # Under Tune a returned dict counts as one more result (an extra iteration for ASHA): return nothing.
+    return None if tune else last
 
 
 class _Run:
@@ -239,6 +242,12 @@ class _Run:
         if self.best_state is not None:
             save_file(_contiguous(self.best_state), directory / BEST_WEIGHTS)
         (directory / "model.json").write_text(json.dumps(self._model_info(), indent=1))
+        # The best epoch's predictions travel with the checkpoint: Tune persists checkpoints to
+        # storage, while the trial directory may stay on a worker node.
+        for split in ("val", "test"):
+            src = self.out_dir / f"predictions_{split}.parquet"
+            if src.is_file():
+                shutil.copy2(src, directory / src.name)
 
     def _model_info(self) -> dict[str, Any]:
         return {
@@ -282,6 +291,10 @@ class _Run:
             self.torch.set_rng_state(state["torch_rng"].cpu())
             if (directory / BEST_WEIGHTS).is_file():
                 self.best_state = load_file(directory / BEST_WEIGHTS)
+            for split in ("val", "test"):
+                src = directory / f"predictions_{split}.parquet"
+                if src.is_file() and src.parent != self.out_dir:
+                    shutil.copy2(src, self.out_dir / src.name)
             self.start_epoch = int(state["epoch"])
         finally:
             if tmp_ctx is not None:

@@ -1,0 +1,83 @@
+"""Fixtures for trainer tests: tiny, learnable image datasets written as files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def write_learnable_folder(root: Path, *, n_per_class: int = 16, size: int = 32, classes=("normal", "pneumonia"), seed=0) -> Path:
+    """A single ``root/<class>/`` tree where each class has a bright blob in its own corner, plus noise."""
+    rng = np.random.default_rng(seed)
+    for ci, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, size=(size, size)).astype(np.uint8)
+            r, c = divmod(ci, 2)
+            h = size // 2
+            img[r * h : (r + 1) * h, c * h : (c + 1) * h] += 150
+            Image.fromarray(img).save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> dict:
+    """The ``data`` section for a 2-class, 48-image folder dataset, cached under tmp_path."""
+    root = write_learnable_folder(tmp_path / "images", n_per_class=24)
+    return {"source": "folder", "root": str(root), "val_fraction": 0.25, "test_fraction": 0.25, "cache_dir": str(tmp_path / "cache")}
+
+
+@pytest.fixture
+def tiny_multilabel(tmp_path) -> dict:
+    """A CSV multi-label dataset with uncertain (-1) labels masked out."""
+    rng = np.random.default_rng(1)
+    img_dir = tmp_path / "ml"
+    img_dir.mkdir()
+    rows = ["id,effusion,nodule"]
+    for i in range(40):
+        eff, nod = int(rng.integers(0, 2)), int(rng.integers(0, 2))
+        img = rng.integers(0, 40, size=(32, 32)).astype(np.uint8)
+        if eff:
+            img[:16] += 180
+        if nod:
+            img[:, :16] += 60
+        Image.fromarray(img).save(img_dir / f"p{i}.png")
+        unc = "-1" if i % 7 == 0 else str(nod)
+        rows.append(f"p{i},{eff},{unc}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return {
+        "source": "csv",
+        "labels_csv": str(tmp_path / "labels.csv"),
+        "img_dir": str(img_dir),
+        "label_columns": ["effusion", "nodule"],
+        "uncertain": "ignore",
+        "val_fraction": 0.25,
+        "test_fraction": 0.25,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+
+
+def shared_npz(name: str) -> Path | None:
+    import os
+
+    candidates = []
+    if os.environ.get("MEDSWEEP_DATA_DIR"):
+        candidates.append(Path(os.environ["MEDSWEEP_DATA_DIR"]))
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "datasets")
+    for c in candidates:
+        if (c / f"{name}.npz").is_file():
+            return c
+    return None
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance with 2 CPUs, shared by the session's Ray tests."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
