@@ -122,7 +122,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint8:
         return img
     img = img.astype(np.float64)
-    lo, hi = float(img.min(initial=0)), float(img.max(initial=0))
+    # Not min(initial=0): that clamps lo to 0 and leaves an image of 1000..2000 at 127..255.
+    lo, hi = (float(img.min()), float(img.max())) if img.size else (0.0, 0.0)
     if hi <= lo:
         return np.zeros(img.shape, np.uint8)
     # Per-image windowing: 16-bit X-rays rarely use the full 0..65535 range.

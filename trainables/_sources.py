@@ -168,8 +168,10 @@ class MedMNISTSource:
                 field="data.dataset",
             )
         try:
-            npz = np.load(path, mmap_mode="r")
-            arrays = {k: npz[k] for k in npz.files}
+            # Members of an npz are read into memory whatever mmap_mode says; close the file now,
+            # also when it is damaged (np.load leaves it open then).
+            with open(path, "rb") as fh, np.load(fh) as npz:
+                arrays = {k: npz[k] for k in npz.files}
         except Exception as exc:  # noqa: BLE001
             raise ConfigError(
                 f"cannot read {path} ({type(exc).__name__}: {exc}); the file is damaged: delete it and download it again",
@@ -487,11 +489,14 @@ class CSVSource:
         return SourceIndex(task=task, class_names=class_names, splits=splits)
 
     def _single_label(self, df, csv):
+        import pandas as pd
+
         col = df[self.columns[0]]
         if col.isna().any():
             rows = (col[col.isna()].index[:5] + 2).tolist()
             raise ConfigError(f"{csv}: column {self.columns[0]!r} is blank on line(s) {rows}; fill or drop those rows", field="data.label_columns")
-        if np.issubdtype(col.dtype, np.integer):
+        # pandas' own check: np.issubdtype raises on pandas 3's StringDtype (class-name labels).
+        if pd.api.types.is_integer_dtype(col.dtype):
             class_names = [str(v) for v in range(int(col.max()) + 1)]
             if col.min() < 0:
                 raise ConfigError(f"{csv}: column {self.columns[0]!r} holds negative labels; use 0..K-1 or class names", field="data.label_columns")
