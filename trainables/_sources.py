@@ -235,6 +235,26 @@ def read_image_file(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
+def tree_fingerprint(root: Path) -> str | None:
+    """A digest of the image files' names, sizes and mtimes under ``root``.
+
+    Part of the cache key, so adding, removing or replacing an image rebuilds the cache; listing
+    is cheap next to decoding.
+    """
+    import hashlib
+
+    if not root.is_dir():
+        return None
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                st = os.stat(os.path.join(dirpath, name))
+                h.update(f"{os.path.relpath(dirpath, root)}/{name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -267,7 +287,8 @@ class FolderSource:
             )
 
     def describe(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "source": self.name, "root": str(Path(self.root).expanduser().resolve())}
+        root = Path(self.root).expanduser().resolve()
+        return {**dataclasses.asdict(self), "source": self.name, "root": str(root), "files": tree_fingerprint(root)}
 
     def index(self) -> SourceIndex:
         root = Path(self.root).expanduser()
@@ -409,7 +430,12 @@ class CSVSource:
         stat = csv.stat() if csv.is_file() else None
         d = dataclasses.asdict(self)
         d["label_columns"] = self.columns
-        return {**d, "source": self.name, "csv_stat": [stat.st_size, int(stat.st_mtime)] if stat else None}
+        return {
+            **d,
+            "source": self.name,
+            "csv_stat": [stat.st_size, int(stat.st_mtime)] if stat else None,
+            "files": tree_fingerprint(Path(self.img_dir).expanduser()),
+        }
 
     def _resolve(self, img_dir: Path, image_id: str) -> Path | None:
         candidate = img_dir / image_id
@@ -497,10 +523,12 @@ class CSVSource:
             raise ConfigError(f"{csv}: column {self.columns[0]!r} is blank on line(s) {rows}; fill or drop those rows", field="data.label_columns")
         # pandas' own check: np.issubdtype raises on pandas 3's StringDtype (class-name labels).
         if pd.api.types.is_integer_dtype(col.dtype):
-            class_names = [str(v) for v in range(int(col.max()) + 1)]
             if col.min() < 0:
                 raise ConfigError(f"{csv}: column {self.columns[0]!r} holds negative labels; use 0..K-1 or class names", field="data.label_columns")
-            labels = col.to_numpy(dtype=np.int64)
+            # The values present are the classes: labels {1, 2} make 2 classes, not a phantom empty "0".
+            values = np.unique(col.to_numpy(dtype=np.int64))
+            class_names = [str(v) for v in values]
+            labels = np.searchsorted(values, col.to_numpy(dtype=np.int64)).astype(np.int64)
         else:
             class_names = sorted(col.astype(str).unique().tolist())
             lookup = {c: i for i, c in enumerate(class_names)}

@@ -206,3 +206,25 @@ def test_concurrent_loads_build_once(folder, data_config, count_calls):
     assert len(builds) == 1  # the lock made the others wait, then they found the cache
     assert len({r.path for r in results}) == 1
     assert all(len(r.splits["train"]) == 8 for r in results)
+
+
+def test_adding_an_image_to_the_folder_rebuilds_the_cache(folder, data_config, write_image):
+    data = data_config(source="folder", root=str(folder))
+    before = load_dataset(data, image_size=16, verbose=False)
+    write_image(folder / "train" / "pneumonia" / "new.png", np.full((20, 20), 200, np.uint8))
+    after = load_dataset(data_config(source="folder", root=str(folder)), image_size=16, verbose=False)
+    assert after.path != before.path
+    assert len(after.splits["train"]) == len(before.splits["train"]) + 1
+    assert "pneumonia/new.png" in [i.split("train/", 1)[-1] for i in after.splits["train"].ids]
+
+
+def test_auto_channels_looks_beyond_the_first_class(tmp_path, write_image, data_config):
+    """Class 'a' is grey and listed first; class 'b' is colour: auto must give 3 channels."""
+    rng = np.random.default_rng(0)
+    for split in SPLITS:
+        for i in range(40):
+            write_image(tmp_path / "c" / split / "a" / f"{i}.png", rng.integers(0, 255, (8, 8), dtype=np.uint8))
+        for i in range(3):
+            write_image(tmp_path / "c" / split / "b" / f"{i}.png", rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    ds = load_dataset(data_config(source="folder", root=str(tmp_path / "c")), image_size=8, verbose=False)
+    assert ds.channels == 3

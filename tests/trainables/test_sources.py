@@ -638,3 +638,17 @@ def test_medmnist_real_pneumoniamnist(data_config):
     assert ds.class_counts["test"] == [234, 390]
     assert ds.splits["val"].ids[:2] == ["val_0", "val_1"]
     assert 0.2 < ds.mean[0] < 0.8 and 0.05 < ds.std[0] < 0.5
+
+
+def test_csv_integer_labels_use_the_values_present(tmp_path, write_image, data_config):
+    """Labels {1, 2} are two classes named '1' and '2', not three with an empty '0'."""
+    rows = ["id,label"]
+    for i in range(24):
+        write_image(tmp_path / "img" / f"x{i}.png", np.full((8, 8), 10 * i, np.uint8))
+        rows.append(f"x{i},{1 + i % 2}")
+    (tmp_path / "l.csv").write_text("\n".join(rows) + "\n")
+    from trainables._cache import load_dataset as load
+
+    ds = load(data_config(source="csv", labels_csv=str(tmp_path / "l.csv"), img_dir=str(tmp_path / "img")), image_size=8, verbose=False)
+    assert ds.class_names == ["1", "2"] and ds.task == "binary"
+    assert set(np.unique(ds.splits["train"].labels)) == {0, 1}
