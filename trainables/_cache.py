@@ -130,7 +130,7 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
     return np.round((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def _prepare(img: np.ndarray, *, size: int, channels: int) -> np.ndarray:
+def _prepare(img: np.ndarray, *, size: int, channels: int, preprocess: Mapping[str, Any] | None = None) -> np.ndarray:
     from PIL import Image
 
     img = _to_uint8(np.asarray(img))
@@ -138,6 +138,10 @@ def _prepare(img: np.ndarray, *, size: int, channels: int) -> np.ndarray:
         img = img[:, :, 0]
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[:, :, :3]
+    if preprocess:  # at full resolution, before resizing: border crop and CLAHE need the detail
+        from ._augment import preprocess as apply_preprocess
+
+        img = apply_preprocess(img, **preprocess)
     if channels == 1 and img.ndim == 3:
         img = np.asarray(Image.fromarray(img).convert("L"))
     elif channels == 3 and img.ndim == 2:
@@ -162,9 +166,10 @@ def _guess_channels(index: SourceIndex) -> int:
     return 1
 
 
-def _cache_key(data: DataConfig, size: int) -> str:
+def _cache_key(data: DataConfig, size: int, preprocess: Mapping[str, Any] | None = None) -> str:
     desc = {
         "version": CACHE_VERSION,
+        "preprocess": dict(sorted((preprocess or {}).items())),
         "source": data.source.describe(),
         "size": size,
         "channels": data.channels,
@@ -174,12 +179,16 @@ def _cache_key(data: DataConfig, size: int) -> str:
     return f"{data.source.name}-{getattr(data.source, 'dataset', 'data')}-{size}px-{digest}"
 
 
-def load_dataset(data: DataConfig, *, image_size: int | None = None, verbose: bool = True) -> Dataset:
+def load_dataset(
+    data: DataConfig, *, image_size: int | None = None, preprocess: Mapping[str, Any] | None = None, verbose: bool = True
+) -> Dataset:
     """Return the cached dataset, building it first if this node has not yet.
 
     Args:
         data: the validated ``data`` section.
         image_size: side length in pixels; default the source's native size (MedMNIST) or 224.
+        preprocess: deterministic preprocessing applied once at decode time, e.g.
+            ``{"clahe": True, "border_crop": True}`` (see ``trainables._augment.preprocess``).
         verbose: print class counts when the cache is built.
 
     Example:
@@ -190,14 +199,15 @@ def load_dataset(data: DataConfig, *, image_size: int | None = None, verbose: bo
     size = int(image_size or data.default_image_size)
     root = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    key = _cache_key(data, size)
+    preprocess = {k: v for k, v in (preprocess or {}).items() if v}
+    key = _cache_key(data, size, preprocess)
     final = root / key
     if not (final / "meta.json").is_file():
         with open(root / f"{key}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 if not (final / "meta.json").is_file():
-                    _build(data, size, final, verbose=verbose)
+                    _build(data, size, final, preprocess=preprocess, verbose=verbose)
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
     return _open(final)
@@ -229,7 +239,7 @@ def _open(path: Path) -> Dataset:
     )
 
 
-def _build(data: DataConfig, size: int, final: Path, *, verbose: bool) -> None:
+def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str, Any], verbose: bool) -> None:
     from numpy.lib.format import open_memmap
 
     t0 = time.perf_counter()
@@ -249,7 +259,7 @@ def _build(data: DataConfig, size: int, final: Path, *, verbose: bool) -> None:
 
             def work(i: int) -> None:
                 try:
-                    out[i] = _prepare(sp.read(i), size=size, channels=channels)
+                    out[i] = _prepare(sp.read(i), size=size, channels=channels, preprocess=preprocess)
                 except Exception as exc:  # noqa: BLE001 - every failure is listed, none crashes training
                     ok[i] = False
                     where = sp.paths[i] if sp.paths else f"{split}[{i}]"
@@ -303,6 +313,7 @@ def _build(data: DataConfig, size: int, final: Path, *, verbose: bool) -> None:
             "class_weights": weights,
             "bad_images": sorted(bad),
             "source": data.source.describe(),
+            "preprocess": preprocess,
             "build_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "ids.json").write_text(json.dumps(ids))

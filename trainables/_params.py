@@ -37,6 +37,7 @@ class TrainParams:
     backbone: str = "resnet18"
     pretrained: bool = False
     pretrained_path: str | None = None
+    head: str = "linear"
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 64
@@ -49,6 +50,64 @@ class TrainParams:
     amp: bool = True
     device: str = "auto"
     select_metric: str = "val_auroc"
+    # losses
+    loss: str = "auto"
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float | None = None
+    asl_gamma_pos: float = 0.0
+    asl_gamma_neg: float = 4.0
+    asl_clip: float = 0.05
+    sampler: str = "random"
+    # optimisation
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    nesterov: bool = True
+    scheduler: str = "cosine"
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    step_epochs: int = 10
+    decay_rate: float = 0.1
+    plateau_patience: int = 2
+    accum_steps: int = 1
+    clip_grad_norm: float | None = None
+    early_stop_patience: int | None = None
+    # staged fine-tuning
+    freeze_epochs: int = 0
+    unfreeze_epoch: int | None = None
+    unfreeze: str = "all"
+    unfreeze_step: int = 1
+    backbone_lr_mult: float = 1.0
+    finetune_lr: float | None = None
+    # adaptive sparse training
+    activation_rate: float = 1.0
+    ast_start_epoch: int = 0
+    ast_loss_weight: float = 0.7
+    ast_min_share: float = 0.05
+    ast_kp: float = 0.5
+    ast_ki: float = 0.05
+    # augmentation and preprocessing
+    augment: str = "none"
+    hflip: bool | None = None
+    vflip: bool | None = None
+    rotate: float | None = None
+    affine: bool | None = None
+    brightness_contrast: bool | None = None
+    distortion: bool | None = None
+    noise: bool | None = None
+    blur: bool | None = None
+    coarse_dropout: bool | None = None
+    cutmix: float = 0.0
+    mixup: float = 0.0
+    mix_alpha: float = 1.0
+    clahe: bool = False
+    border_crop: bool = False
+    aug_threads: int | None = None
+
+    @property
+    def frozen_epochs(self) -> int:
+        """``freeze_epochs``, or its alias ``unfreeze_epoch`` (the epoch at which the backbone opens)."""
+        return self.unfreeze_epoch if self.unfreeze_epoch is not None else self.freeze_epochs
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], *, origin: str | None = None, prefix: str = "") -> "TrainParams":
@@ -86,6 +145,41 @@ class TrainParams:
         bound("threads", self.threads is None or self.threads >= 1, "an integer >= 1")
         bound("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
+        bound("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
+        bound("focal_gamma", self.focal_gamma >= 0, ">= 0")
+        bound("focal_alpha", self.focal_alpha is None or 0 <= self.focal_alpha <= 1, "in [0, 1] or null")
+        bound("asl_gamma_pos", self.asl_gamma_pos >= 0, ">= 0")
+        bound("asl_gamma_neg", self.asl_gamma_neg >= 0, ">= 0")
+        bound("asl_clip", 0 <= self.asl_clip < 1, "in [0, 1)")
+        bound("sampler", self.sampler in ("random", "balanced"), "random or balanced")
+        bound("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        bound("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
+        bound("min_lr", self.min_lr >= 0, ">= 0")
+        bound("step_epochs", self.step_epochs >= 1, "an integer >= 1")
+        bound("decay_rate", 0 < self.decay_rate <= 1, "in (0, 1]")
+        bound("plateau_patience", self.plateau_patience >= 0, "an integer >= 0")
+        bound("accum_steps", self.accum_steps >= 1, "an integer >= 1")
+        bound("clip_grad_norm", self.clip_grad_norm is None or self.clip_grad_norm > 0, "> 0 or null")
+        bound("early_stop_patience", self.early_stop_patience is None or self.early_stop_patience >= 1, "an integer >= 1 or null")
+        bound("freeze_epochs", self.freeze_epochs >= 0, "an integer >= 0")
+        bound("unfreeze_epoch", self.unfreeze_epoch is None or self.unfreeze_epoch >= 0, "an integer >= 0 or null")
+        bound("unfreeze", self.unfreeze in ("all", "progressive"), "all or progressive")
+        bound("unfreeze_step", self.unfreeze_step >= 1, "an integer >= 1")
+        bound("backbone_lr_mult", self.backbone_lr_mult > 0, "> 0 (e.g. 0.1 for a backbone 10x slower than the head)")
+        bound("finetune_lr", self.finetune_lr is None or self.finetune_lr > 0, "> 0 or null")
+        bound("activation_rate", 0 < self.activation_rate <= 1, "in (0, 1]")
+        bound("ast_start_epoch", self.ast_start_epoch >= 0, "an integer >= 0")
+        bound("ast_loss_weight", 0 <= self.ast_loss_weight <= 1, "in [0, 1]")
+        bound("ast_min_share", 0 < self.ast_min_share <= 1, "in (0, 1]")
+        bound("cutmix", 0 <= self.cutmix <= 1, "a probability in [0, 1]")
+        bound("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]")
+        bound("mix_alpha", self.mix_alpha > 0, "> 0")
+        bound("aug_threads", self.aug_threads is None or self.aug_threads >= 1, "an integer >= 1 or null")
+        if self.unfreeze_epoch is not None and self.freeze_epochs and self.unfreeze_epoch != self.freeze_epochs:
+            raise ConfigError(
+                "`freeze_epochs` and `unfreeze_epoch` are the same setting and disagree; give only one",
+                origin=origin, field=prefix + "unfreeze_epoch",
+            )
 
 
 def _coerce(value: Any, f: dataclasses.Field, *, origin: str, field: str) -> Any:

@@ -17,7 +17,6 @@ import numpy as np
 
 from ._cache import DataConfig, Dataset, load_dataset
 from ._metrics import compute_metrics
-from ._model import create_model
 from ._params import TrainParams
 
 STATE_FILE = "state.pt"
@@ -63,11 +62,21 @@ def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
     return None if tune else last
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial stops at once instead of wasting epochs."""
+
+
 class _Run:
     def __init__(self, params: TrainParams, data: DataConfig, out_dir: Path, *, tune: bool, resume: bool, config) -> None:
         import torch
 
-        self.p = params
+        from ._ast import ASTController, EnergyMeter
+        from ._augment import build_augment
+        from ._heads import build_classifier
+        from ._losses import create_loss
+        from ._optim import Stager, create_optimizer, create_scheduler
+
+        p = self.p = params
         self.out_dir = out_dir
         self.tune = tune
         self.resume = resume
@@ -76,39 +85,72 @@ class _Run:
                 (out_dir / stale).unlink(missing_ok=True)
         self.config = {k: v for k, v in config.items() if not k.startswith("_")}
         self.torch = torch
-        self.threads = params.threads or _assigned_cpus(tune)
+        self.threads = p.threads or _assigned_cpus(tune)
         torch.set_num_threads(self.threads)
-        want_cuda = params.device == "cuda" or (params.device == "auto" and torch.cuda.is_available())
+        want_cuda = p.device == "cuda" or (p.device == "auto" and torch.cuda.is_available())
         self.device = torch.device("cuda" if want_cuda else "cpu")
-        self.amp = bool(params.amp and self.device.type == "cuda")
+        self.amp = bool(p.amp and self.device.type == "cuda")
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.ds: Dataset = load_dataset(data, image_size=params.image_size, verbose=not tune)
-        torch.manual_seed(params.seed)
-        self.model = create_model(
-            params.backbone,
+        preprocess = {"clahe": p.clahe, "border_crop": p.border_crop}
+        self.ds: Dataset = load_dataset(data, image_size=p.image_size, preprocess=preprocess, verbose=not tune)
+        torch.manual_seed(p.seed)
+        self.model = build_classifier(
+            p.backbone,
+            head=p.head,
             num_classes=self.ds.num_classes,
             in_chans=self.ds.channels,
-            pretrained=params.pretrained,
-            pretrained_path=params.pretrained_path,
-            drop_rate=params.drop_rate,
+            pretrained=p.pretrained,
+            pretrained_path=p.pretrained_path,
+            drop_rate=p.drop_rate,
         ).to(self.device)
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+        self.stager = Stager(self.model, freeze_epochs=p.frozen_epochs, unfreeze=p.unfreeze, unfreeze_step=p.unfreeze_step)
+        self.opt = create_optimizer(
+            self.model, name=p.optimizer, lr=p.lr, weight_decay=p.weight_decay,
+            backbone_lr_mult=p.backbone_lr_mult, momentum=p.momentum, nesterov=p.nesterov,
+        )
         n_train = len(self.ds.splits["train"])
-        self.steps_per_epoch = max(1, _n_batches(n_train, params.batch_size))
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=params.epochs * self.steps_per_epoch)
+        self.steps_per_epoch = max(1, _n_batches(n_train, p.batch_size))
+        self.sched = create_scheduler(
+            self.opt, name=p.scheduler, epochs=p.epochs, steps_per_epoch=self.steps_per_epoch, lr=p.lr,
+            warmup_epochs=p.warmup_epochs, min_lr=p.min_lr, step_epochs=p.step_epochs, decay_rate=p.decay_rate,
+            plateau_patience=p.plateau_patience,
+        )
+        loss = p.loss if p.loss != "auto" else ("bce" if self.ds.multilabel else "ce")
+        self.loss_fn = create_loss(
+            loss, task=self.ds.task, num_classes=self.ds.num_classes,
+            class_weights=self.ds.class_weights if loss in ("weighted_ce",) else None,
+            label_smoothing=p.label_smoothing, gamma=p.focal_gamma, alpha=p.focal_alpha,
+            gamma_pos=p.asl_gamma_pos, gamma_neg=p.asl_gamma_neg, clip=p.asl_clip,
+        ).to(self.device)
+        self.augment = build_augment(
+            p.augment, image_size=self.ds.image_size, hflip=p.hflip, vflip=p.vflip, rotate=p.rotate, affine=p.affine,
+            brightness_contrast=p.brightness_contrast, distortion=p.distortion, noise=p.noise, blur=p.blur,
+            coarse_dropout=p.coarse_dropout, seed=p.seed,
+        )
+        self.ast = (
+            ASTController(activation_rate=p.activation_rate, loss_weight=p.ast_loss_weight, min_share=p.ast_min_share,
+                          kp=p.ast_kp, ki=p.ast_ki)
+            if p.activation_rate < 1.0 else None
+        )
+        self.energy = EnergyMeter(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         mean = torch.tensor(self.ds.mean, device=self.device).view(1, -1, 1, 1)
         std = torch.tensor(self.ds.std, device=self.device).view(1, -1, 1, 1)
         # uint8 -> normalised float in one multiply-add: (x/255 - mean)/std.
         self.scale = 1.0 / (255.0 * std)
         self.shift = -mean / std
+        self.mix_gen = torch.Generator().manual_seed(p.seed + 1)
         self.start_epoch = 0
+        self.current_epoch = 0
         self.best = -math.inf
         self.best_epoch = -1
         self.best_state: dict[str, Any] | None = None
-        self.rng = np.random.default_rng(params.seed)
+        self.dense_seconds: list[float] = []
+        self.dense_joules: list[float] = []
+        self.rng = np.random.default_rng(p.seed)
+        self.updates = 0
 
     # ------------------------------------------------------------------ data
 
@@ -126,20 +168,56 @@ class _Run:
         t = torch.from_numpy(np.asarray(labels)).to(self.device)
         return t.float() if self.ds.multilabel else t.long()
 
+    def _train_order(self) -> np.ndarray:
+        """This epoch's sample order: a permutation, or class-balanced draws with replacement."""
+        labels = self.ds.splits["train"].labels
+        n = len(labels)
+        if self.p.sampler != "balanced":
+            return self.rng.permutation(n)
+        from torch.utils.data import WeightedRandomSampler
+
+        weights = sample_weights(labels, multilabel=self.ds.multilabel)
+        gen = self.torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+        return np.fromiter(WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=gen), dtype=np.int64, count=n)
+
     def _batches(self, split: str, *, shuffle: bool, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         sp = self.ds.splits[split]
         n = len(sp)
-        order = self.rng.permutation(n) if shuffle else np.arange(n)
+        order = self._train_order() if shuffle else np.arange(n)
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             if shuffle and len(idx) < 2:
                 break  # batch norm cannot train on one sample
-            idx = np.sort(idx)  # memmap reads in order
+            if not shuffle or self.p.sampler != "balanced":
+                idx = np.sort(idx)  # memmap reads in order (balanced draws repeat indices: keep them)
             yield sp.images[idx], sp.labels[idx]
+
+    def _train_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Training batches, augmented in a background thread so the next batch is ready when the step ends."""
+        batches = self._batches("train", shuffle=True, batch_size=self.p.batch_size)
+        if self.augment is None:
+            yield from batches
+            return
+        from ._augment import augment_batch
+
+        pool = None
+        if (self.p.aug_threads or 1) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = ThreadPoolExecutor(max_workers=self.p.aug_threads)
+        try:
+            yield from _prefetch(((augment_batch(x, self.augment, pool=pool), y) for x, y in batches), depth=2)
+        finally:
+            if pool is not None:
+                pool.shutdown()
 
     # ------------------------------------------------------------------ loss
 
     def _loss(self, logits, target):
+        return self.loss_fn(logits.float(), target)
+
+    def _eval_loss(self, logits, target):
+        """Plain cross-entropy (or masked BCE): comparable across trials whatever loss they train with."""
         import torch.nn.functional as F
 
         if self.ds.multilabel:
@@ -150,27 +228,116 @@ class _Run:
 
     # ------------------------------------------------------------------ epochs
 
-    def _train_epoch(self) -> dict[str, float]:
+    def _step(self, x, y, state: dict) -> None:
+        """Forward and backward on (x, y); steps the optimizer every ``accum_steps`` micro-batches."""
         torch = self.torch
-        self.model.train()
-        total, seen = 0.0, 0
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            logits = self.model(x)
+        loss = self._loss(logits, y).mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {float(loss.detach())} at epoch {self.current_epoch + 1}: training diverged; lower `lr` or set `clip_grad_norm`"
+            )
+        self.scaler.scale(loss / self.p.accum_steps).backward()
+        state["micro"] += 1
+        state["loss"] += float(loss.detach()) * len(y)
+        state["backprop"] += len(y)
+        if state["micro"] % self.p.accum_steps == 0:
+            self._optimizer_step()
+
+    def _optimizer_step(self) -> None:
+        if self.p.clip_grad_norm:
+            self.scaler.unscale_(self.opt)
+            torch = self.torch
+            torch.nn.utils.clip_grad_norm_([q for q in self.model.parameters() if q.grad is not None], self.p.clip_grad_norm)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+
+    def _train_epoch(self, epoch: int = 0) -> dict[str, float]:
+        torch = self.torch
+        from ._ast import prediction_entropy
+        from ._augment import mix_batch
+        from ._optim import set_stage_lr
+
+        p = self.p
+        n_trainable = self.stager.apply(epoch)
+        if p.finetune_lr is not None and self.stager.n_open > 0:
+            set_stage_lr(self.opt, p.finetune_lr / p.lr)
+        self.stager.set_train_mode()
+        sparse = self.ast is not None and epoch >= p.ast_start_epoch
+        if self.ast is not None:
+            self.ast.reset_epoch()
+        mixing = p.cutmix > 0 or p.mixup > 0
+        state = {"micro": 0, "loss": 0.0, "backprop": 0}
+        seen = 0
+        step_seconds = 0.0
+        buf_x, buf_y, buffered = [], [], 0
+        joules0 = self.energy.read_joules()
+        self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        for images, labels in self._batches("train", shuffle=True, batch_size=self.p.batch_size):
+        for i, (images, labels) in enumerate(self._train_batches()):
             x, y = self._to_input(images), self._target(labels)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-                logits = self.model(x)
-            loss = self._loss(logits, y)
-            self.opt.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-            self.sched.step()
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
+            if mixing:
+                x, y = mix_batch(x, y, num_classes=self.ds.num_classes, multilabel=self.ds.multilabel,
+                                 cutmix=p.cutmix, mixup=p.mixup, alpha=p.mix_alpha, generator=self.mix_gen)
+            seen += len(y)
+            if sparse:
+                # Cheap no-grad pass (eval mode: no batch-norm statistics updated) to pick the samples worth a backward.
+                self.model.eval()
+                with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+                    logits = self.model(x).float()
+                    keep = self.ast.select(self._loss(logits, y), prediction_entropy(logits, multilabel=self.ds.multilabel))
+                self.stager.set_train_mode()
+                buf_x.append(x[keep])
+                buf_y.append(y[keep])
+                buffered += int(keep.sum())
+                # Selected samples are pooled into full batches: small batches waste the speed-up.
+                while buffered >= p.batch_size:
+                    bx, by = torch.cat(buf_x), torch.cat(buf_y)
+                    s0 = time.perf_counter()
+                    self._step(bx[: p.batch_size], by[: p.batch_size], state)
+                    step_seconds += time.perf_counter() - s0
+                    buf_x, buf_y, buffered = [bx[p.batch_size :]], [by[p.batch_size :]], buffered - p.batch_size
+            else:
+                self._step(x, y, state)
+            self.updates += 1
+            self.sched.step_update(num_updates=self.updates)
+        if sparse and buffered >= 2:
+            s0 = time.perf_counter()
+            self._step(torch.cat(buf_x), torch.cat(buf_y), state)
+            step_seconds += time.perf_counter() - s0
+        if state["micro"] % p.accum_steps:
+            self._optimizer_step()
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        return {"train_loss": total / max(seen, 1), "train_images_per_s": seen / seconds, "train_seconds": seconds}
+        joules = self.energy.read_joules() - joules0
+        row = {
+            "train_loss": state["loss"] / max(state["backprop"], 1),
+            "train_images_per_s": seen / seconds,
+            "train_seconds": seconds,
+            "trainable_params": n_trainable,
+        }
+        if self.ast is not None:
+            row["ast_activation_rate"] = state["backprop"] / max(seen, 1) if sparse else 1.0
+            row["ast_samples_backprop"] = state["backprop"]
+            row["ast_threshold"] = self.ast.threshold if self.ast.threshold is not None else math.nan
+            if sparse:
+                if self.dense_seconds:
+                    dense = float(np.mean(self.dense_seconds))
+                else:  # no dense epoch yet: a dense epoch's cost from this epoch's own per-sample step time
+                    dense = step_seconds / max(state["backprop"], 1) * seen
+                row["compute_savings"] = 1.0 - seconds / dense if dense > 0 else math.nan
+                if self.energy.available and self.dense_joules:
+                    row["energy_joules"] = joules
+                    row["energy_savings"] = 1.0 - joules / float(np.mean(self.dense_joules))
+            else:
+                self.dense_seconds.append(seconds)
+                if self.energy.available:
+                    self.dense_joules.append(joules)
+                    row["energy_joules"] = joules
+        return row
 
     def predict(self, split: str) -> tuple[np.ndarray, float]:
         """Probabilities and mean loss of ``split`` with the current weights."""
@@ -180,34 +347,45 @@ class _Run:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             for images, labels in self._batches(split, shuffle=False, batch_size=self.p.eval_batch_size):
                 logits = self.model(self._to_input(images)).float()
-                total += float(self._loss(logits, self._target(labels))) * len(labels)
+                total += float(self._eval_loss(logits, self._target(labels))) * len(labels)
                 p = torch.sigmoid(logits) if self.ds.multilabel else torch.softmax(logits, 1)
                 probs.append(p.cpu().numpy())
         n = len(self.ds.splits[split])
         return np.concatenate(probs) if probs else np.zeros((0, self.ds.num_classes)), total / max(n, 1)
 
     def run(self) -> dict[str, Any]:
+        from ._optim import current_lr
+
         self._restore()
         row: dict[str, Any] = {}
+        since_best = 0
         for epoch in range(self.start_epoch, self.p.epochs):
             t0 = time.perf_counter()
-            row = {"epoch": epoch + 1, "lr": self.opt.param_groups[0]["lr"]}
-            row.update(self._train_epoch())
+            self.current_epoch = epoch
+            row = {"epoch": epoch + 1, "lr": current_lr(self.opt, "head"), "backbone_lr": current_lr(self.opt, "backbone")}
+            row.update(self._train_epoch(epoch))
             val_probs, val_loss = self.predict("val")
             row["val_loss"] = val_loss
             row.update(compute_metrics(val_probs, self.ds.splits["val"].labels, task=self.ds.task, class_names=self.ds.class_names))
             score = row.get(self.p.select_metric, math.nan)
             if not isinstance(score, float) or math.isnan(score):
                 score = -val_loss  # e.g. a validation split with one class: fall back to the loss
+            self.sched.step(epoch + 1, score)
             if score > self.best:
                 self.best, self.best_epoch = score, epoch + 1
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
                 # Written at every improvement, so a trial that a scheduler stops early still leaves its predictions.
                 self._write_predictions(val_probs)
+                since_best = 0
+            else:
+                since_best += 1
             row["best_score"] = self.best
             row["best_epoch"] = self.best_epoch
             row["epoch_seconds"] = time.perf_counter() - t0
             self._report(row, epoch + 1)
+            if not self.tune and self.p.early_stop_patience and since_best >= self.p.early_stop_patience:
+                print(f"[medsweep] early stop: no improvement of {self.p.select_metric} in {since_best} epochs")
+                break
         self._finish()
         return row
 
@@ -229,6 +407,10 @@ class _Run:
             "scaler": self.scaler.state_dict(),
             "best": self.best,
             "best_epoch": self.best_epoch,
+            "updates": self.updates,
+            "dense_seconds": list(self.dense_seconds),
+            "dense_joules": list(self.dense_joules),
+            "ast": self.ast.state_dict() if self.ast is not None else {},
             "rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": self.torch.get_rng_state(),
         }
@@ -259,6 +441,7 @@ class _Run:
             "class_names": self.ds.class_names,
             "mean": self.ds.mean,
             "std": self.ds.std,
+            "head": self.p.head,
             "params": asdict(self.p),
             "best_epoch": self.best_epoch,
             "best_score": self.best,
@@ -287,6 +470,11 @@ class _Run:
             self.sched.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
             self.best, self.best_epoch = float(state["best"]), int(state["best_epoch"])
+            self.updates = int(state["updates"])
+            self.dense_seconds = [float(v) for v in state["dense_seconds"]]
+            self.dense_joules = [float(v) for v in state["dense_joules"]]
+            if self.ast is not None and state["ast"]:
+                self.ast.load_state_dict(state["ast"])
             self.rng.bit_generator.state = json.loads(state["rng"])
             self.torch.set_rng_state(state["torch_rng"].cpu())
             if (directory / BEST_WEIGHTS).is_file():
@@ -351,6 +539,61 @@ def predictions_frame(ds: Dataset, split: str, probs: np.ndarray):
     return pd.DataFrame(cols)
 
 
+def sample_weights(labels: np.ndarray, *, multilabel: bool) -> np.ndarray:
+    """Per-sample draw weights that make classes about equally likely (inverse class frequency).
+
+    Multi-label: the mean inverse frequency of a sample's positive labels (the negatives' share if none).
+    """
+    if not multilabel:
+        counts = np.bincount(labels)
+        return 1.0 / counts[labels]
+    pos = labels == 1
+    freq = np.maximum(pos.sum(0), 1)
+    none = max(int((~pos.any(1)).sum()), 1)
+    inv = np.where(pos, 1.0 / freq, 0.0).sum(1)
+    n_pos = pos.sum(1)
+    return np.where(n_pos > 0, inv / np.maximum(n_pos, 1), 1.0 / none)
+
+
+def _prefetch(iterator, *, depth: int = 2):
+    """Run ``iterator`` in a background thread, ``depth`` items ahead (augmentation overlaps the step)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def worker():
+        try:
+            for item in iterator:
+                if stop.is_set():
+                    return
+                q.put(item)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            q.put(exc)
+        finally:
+            q.put(done)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
 def _contiguous(state: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v.contiguous() for k, v in state.items()}
 
@@ -374,9 +617,23 @@ def _assigned_cpus(tune: bool) -> int:
 
 
 def _append_csv(path: Path, row: Mapping[str, Any]) -> None:
-    new = not path.is_file()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    """Append a row; when it brings new columns (e.g. AST's after dense epochs), rewrite with the union."""
+    rows: list[dict[str, Any]] = []
+    fields: list[str] = []
+    if path.is_file():
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            if set(row) - set(fields):
+                rows = list(reader)
+    if path.is_file() and not set(row) - set(fields):
+        with open(path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=fields).writerow(row)
+        return
+    fields += [k for k in row if k not in fields]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows + [dict(row)])
+    os.replace(tmp, path)
