@@ -13,11 +13,17 @@ Writes bench/out/ast.json. Target: at 0.25 a training epoch takes at most 0.6 of
 
 from __future__ import annotations
 
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and this file would shadow the
+# standard library's `ast` (which `inspect` and torch import). Drop the folder before importing more.
+if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").path.abspath(__file__)):
+    sys.path.pop(0)
+
 import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path

@@ -12,12 +12,17 @@ Target: ratio (trainable / bare) >= 0.90.
 
 from __future__ import annotations
 
+import sys
+
+# bench/ast.py would shadow the standard library's `ast` for scripts run from this folder.
+if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").path.abspath(__file__)):
+    sys.path.pop(0)
+
 import argparse
 import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path

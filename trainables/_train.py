@@ -56,7 +56,6 @@ def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
         out_dir = Path(ray.tune.get_context().get_trial_dir())
     else:
         out_dir = Path(config.get("_out_dir") or "runs/fit")
-    out_dir.mkdir(parents=True, exist_ok=True)
     last = _Run(params, data, out_dir, tune=tune, resume=bool(config.get("_resume", False)), config=config).run()
     # Under Tune a returned dict counts as one more result (an extra iteration for ASHA): return nothing.
     return None if tune else last
@@ -78,6 +77,7 @@ class _Run:
 
         p = self.p = params
         self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
         self.tune = tune
         self.resume = resume
         if not tune and not resume:  # a fresh standalone run must not append to an old run's rows
