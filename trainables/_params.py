@@ -175,6 +175,24 @@ class TrainParams:
         bound("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]")
         bound("mix_alpha", self.mix_alpha > 0, "> 0")
         bound("aug_threads", self.aug_threads is None or self.aug_threads >= 1, "an integer >= 1 or null")
+        from ._augment import AUGMENT_LEVELS
+        from ._heads import HEADS
+        from ._losses import LOSSES
+        from ._optim import OPTIMIZERS, SCHEDULERS
+
+        for name, valid in (
+            ("head", sorted(HEADS)),
+            ("loss", ["auto", *sorted(LOSSES)]),
+            ("optimizer", list(OPTIMIZERS)),
+            ("scheduler", list(SCHEDULERS)),
+            ("augment", list(AUGMENT_LEVELS)),
+        ):
+            value = getattr(self, name)
+            if value not in valid:
+                raise ConfigError(
+                    f"unknown {name} {value!r}{did_you_mean(value, valid)}; valid: {', '.join(valid)}",
+                    origin=origin, field=prefix + name,
+                )
         if self.unfreeze_epoch is not None and self.freeze_epochs and self.unfreeze_epoch != self.freeze_epochs:
             raise ConfigError(
                 "`freeze_epochs` and `unfreeze_epoch` are the same setting and disagree; give only one",
