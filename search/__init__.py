@@ -1,5 +1,34 @@
 """Space files and sweeps: read a YAML space, run Ray Tune with Optuna and ASHA, write a leaderboard."""
 
-from ._space import Param, Space, apply_overrides, load_space, parse_override
+from ._space import (
+    Objective,
+    Param,
+    Resources,
+    SamplerConfig,
+    SchedulerConfig,
+    SearchConfig,
+    Space,
+    apply_overrides,
+    check_metric,
+    load_space,
+    parse_override,
+)
+from ._run import DefineByRun, describe, run_sweep, trial_constants
 
-__all__ = ["Param", "Space", "apply_overrides", "load_space", "parse_override"]
+__all__ = [
+    "DefineByRun",
+    "Objective",
+    "Param",
+    "Resources",
+    "SamplerConfig",
+    "SchedulerConfig",
+    "SearchConfig",
+    "Space",
+    "apply_overrides",
+    "check_metric",
+    "describe",
+    "load_space",
+    "parse_override",
+    "run_sweep",
+    "trial_constants",
+]

@@ -1,14 +1,18 @@
-"""Space files: YAML that declares data, fixed parameters and a search space, validated once at load.
+"""Space files: YAML that declares data, fixed parameters, a search space and the search, validated once at load.
 
 The vocabulary follows Optuna's distributions: ``{type: float|int, low, high, log, step}``
 and ``{type: categorical, choices}``, each with an optional ``default`` (what a standalone
-run uses) and ``when`` (the parameter exists only for some values of others).
+run uses) and ``when`` (the parameter exists only for some values of others:
+``when: {loss: focal}``, ``when: {loss: [focal, asl]}`` or ``when: {activation_rate: {lt: 1}}``).
+The ``search`` section becomes a ``SearchConfig``; ``include`` merges preset files under the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,11 +24,52 @@ from trainables._errors import ConfigError, did_you_mean
 from trainables._model import check_backbone
 from trainables._params import TrainParams
 
-SECTIONS = ("name", "data", "fixed", "space", "search", "ensemble", "storage", "ray")
+SECTIONS = ("name", "include", "data", "fixed", "space", "search", "ensemble", "storage", "ray")
+# Where `include: [presets/cxr_ast]` looks after the including file's own folder: the shipped spaces.
+SHIPPED = Path(__file__).resolve().parents[1] / "spaces"
 PARAM_KEYS = {
     "float": {"type", "low", "high", "log", "step", "default", "when"},
     "int": {"type", "low", "high", "log", "step", "default", "when"},
     "categorical": {"type", "choices", "default", "when"},
+}
+# What ``trainables.train`` reports every epoch (see ``_Run.run``); a search metric must be one of them.
+REPORTED_METRICS = (
+    "val_auroc",
+    "val_accuracy",
+    "val_auprc",
+    "val_loss",
+    "best_score",
+    "train_loss",
+    "train_images_per_s",
+    "train_seconds",
+    "epoch_seconds",
+    # Reported by AST runs (activation_rate < 1) only:
+    "compute_savings",
+    "energy_savings",
+    "energy_joules",
+    "ast_activation_rate",
+)
+# Per-class keys: ``val_sensitivity/pneumonia``, ``val_specificity/normal``, ``val_auroc/effusion`` (multi-label).
+PER_CLASS_METRIC = re.compile(r"^val_(sensitivity|specificity|auroc)/.+$")
+# Comparisons a ``when:`` condition may use besides a value or a list of values.
+WHEN_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+SEARCH_KEYS = (
+    "metric",
+    "mode",
+    "n_trials",
+    "max_concurrent",
+    "time_budget_s",
+    "max_failures",
+    "sampler",
+    "scheduler",
+    "resources",
+    "objectives",
+)
+SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
+SCHEDULER_KEYS = {
+    "asha": {"type", "max_t", "grace_period", "reduction_factor"},
+    "median": {"type", "grace_period", "min_samples_required"},
+    "fifo": {"type"},
 }
 
 
@@ -54,6 +99,166 @@ class Param:
             mid = lo + round((mid - lo) / self.step) * self.step
         return int(round(mid)) if self.type == "int" else float(mid)
 
+    def active(self, values: Mapping[str, Any]) -> bool:
+        """Whether the ``when`` condition holds for the parameter values chosen so far.
+
+        A condition on a parameter that is absent (itself inactive) does not hold.
+        """
+        return all(name in values and _matches(values[name], want) for name, want in self.when.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form of this parameter (what ``space.yaml`` of a run holds)."""
+        out: dict[str, Any] = {"type": self.type}
+        if self.type == "categorical":
+            out["choices"] = list(self.choices)
+        else:
+            out.update(low=self.low, high=self.high)
+            if self.log:
+                out["log"] = True
+            if self.step is not None:
+                out["step"] = self.step
+        if self.default is not None:
+            out["default"] = self.default
+        if self.when:
+            out["when"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.when.items()}
+        return out
+
+    def describe(self) -> str:
+        """One line for people: ``float [0.0001, 0.01] log, when loss in [focal]``."""
+        if self.type == "categorical":
+            text = f"categorical {list(self.choices)}"
+        else:
+            text = f"{self.type} [{self.low}, {self.high}]" + (" log" if self.log else "") + (f" step {self.step}" if self.step else "")
+        if self.when:
+            text += "  when " + " and ".join(_describe_condition(k, v) for k, v in self.when.items())
+        return text
+
+
+def _matches(value: Any, want: Any) -> bool:
+    if isinstance(want, Mapping):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return all(_compare(value, op, bound) for op, bound in want.items())
+    if isinstance(want, (list, tuple)):
+        return any(_equal(value, w) for w in want)
+    return _equal(value, want)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    # True == 1 in Python; a condition on a bool must not match an int choice.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return a == b
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {"lt": value < bound, "le": value <= bound, "gt": value > bound, "ge": value >= bound}[op]
+
+
+def _describe_condition(name: str, want: Any) -> str:
+    if isinstance(want, Mapping):
+        return " and ".join(f"{name} {WHEN_OPS[op]} {bound}" for op, bound in want.items())
+    if isinstance(want, (list, tuple)):
+        return f"{name} in {list(want)}"
+    return f"{name} == {want!r}"
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One metric the sweep optimizes: ``metric`` (a reported key) and ``mode`` (max or min)."""
+
+    metric: str
+    mode: str = "max"
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Optuna's sampler: ``tpe``, ``random``, ``cmaes`` (numeric spaces, one objective) or ``nsga2``."""
+
+    type: str = "tpe"
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Tune's trial scheduler.
+
+    Attributes:
+        type: ``asha`` (stops the worst trials at each rung), ``median`` (stops trials below the
+            median of others at the same epoch) or ``fifo`` (never stops a trial).
+        max_t: asha: epochs of the last rung; default the most epochs a trial can run.
+        grace_period: asha and median: epochs every trial runs before it can be stopped.
+        reduction_factor: asha: 1/reduction_factor of the trials go on at each rung.
+        min_samples_required: median: trials needed at an epoch before comparing.
+    """
+
+    type: str = "asha"
+    max_t: int | None = None
+    grace_period: int = 1
+    reduction_factor: float = 2
+    min_samples_required: int = 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in sorted(SCHEDULER_KEYS[self.type]) if getattr(self, k) is not None}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What Tune reserves for each trial: CPUs (torch threads follow) and a GPU share (0.5: two per GPU)."""
+
+    cpu: float = 1
+    gpu: float = 0
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The ``search`` section, validated.
+
+    Attributes:
+        metric: the reported key the sweep optimizes and the scheduler prunes on.
+        mode: ``max`` or ``min`` (default ``min`` for a loss, else ``max``).
+        n_trials: trials to run in all.
+        max_concurrent: at most this many trials at once; default as many as the resources allow.
+        time_budget_s: stop the sweep (running trials included) after this many seconds.
+        max_failures: how often Tune retries a trial that raised, from its last checkpoint.
+        sampler: Optuna's sampler and its seed.
+        scheduler: Tune's scheduler (ASHA by default).
+        resources: CPUs and GPU share per trial.
+        objectives: several objectives for a multi-objective sweep; the first is ``metric``/``mode``.
+    """
+
+    metric: str = "val_auroc"
+    mode: str = "max"
+    n_trials: int = 10
+    max_concurrent: int | None = None
+    time_budget_s: float | None = None
+    max_failures: int = 1
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    resources: Resources = field(default_factory=Resources)
+    objectives: tuple[Objective, ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML form, defaults filled in."""
+        out: dict[str, Any] = {
+            "metric": self.metric,
+            "mode": self.mode,
+            "n_trials": self.n_trials,
+            "max_concurrent": self.max_concurrent,
+            "time_budget_s": self.time_budget_s,
+            "max_failures": self.max_failures,
+            "sampler": dataclasses.asdict(self.sampler),
+            "scheduler": self.scheduler.to_dict(),
+            "resources": dataclasses.asdict(self.resources),
+        }
+        if self.objectives:
+            out["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
+        return out
+
 
 @dataclass(frozen=True)
 class Space:
@@ -64,18 +269,50 @@ class Space:
     data: DataConfig
     fixed: Mapping[str, Any]
     params: Mapping[str, Param]
-    search: Mapping[str, Any]
+    search: SearchConfig
     ensemble: Mapping[str, Any]
     storage: Any = None
     ray: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
 
     def defaults(self) -> dict[str, Any]:
-        """The flat training config of a standalone run: fixed values plus each parameter's default."""
+        """The flat training config of a standalone run: fixed values plus each parameter's default.
+
+        A parameter whose ``when`` condition does not hold for the other defaults is left out.
+        """
         out = dict(self.fixed)
-        for name, p in self.params.items():
-            out[name] = p.default_value()
+        for p in self.ordered_params():
+            if p.active(out):
+                out[p.name] = p.default_value()
         return out
+
+    def ordered_params(self) -> list[Param]:
+        """The searched parameters, each after those its ``when`` condition names (file order otherwise)."""
+        return [self.params[name] for name in _condition_order(self.params, self.origin)]
+
+    def max_epochs(self) -> int:
+        """The most epochs one trial can train: fixed, the highest searched value, or the default."""
+        return _max_epochs(self.params, self.fixed)
+
+    def max_epochs_per_trial(self) -> int:
+        """Epochs a trial runs at most: its ``epochs``, capped by ASHA's ``max_t``."""
+        sched = self.search.scheduler
+        if sched.type == "asha" and sched.max_t is not None:
+            return min(self.max_epochs(), sched.max_t)
+        return self.max_epochs()
+
+    def resolved(self) -> dict[str, Any]:
+        """The space after overrides and defaults, as YAML-ready data (a run's ``space.yaml``)."""
+        return {
+            "name": self.name,
+            "data": self.data.to_dict(),
+            "fixed": dict(self.fixed),
+            "space": {name: p.to_dict() for name, p in self.params.items()},
+            "search": self.search.to_dict(),
+            "ensemble": dict(self.ensemble),
+            "storage": self.storage,
+            "ray": dict(self.ray),
+        }
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -114,7 +351,9 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             continue
         node = raw
         for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
+            if isinstance(node.get(part), str):  # a shorthand (`scheduler: median`) is its `type`
+                node[part] = {"type": node[part]}
+            elif not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
@@ -137,15 +376,10 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"space file {origin!r} does not exist; pass the path of a YAML file such as spaces/cxr.yaml")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"YAML syntax error at {where}: {problem}; fix the file's indentation or quoting", origin=origin) from None
+    raw = _read_yaml(p, origin)
     if not isinstance(raw, dict):
         raise ConfigError("must hold a mapping with at least `data:`", origin=origin)
+    raw = _resolve_includes(raw, p, origin, seen=(p.resolve(),))
     raw = apply_overrides(raw, overrides)
     for key in raw:
         if key not in SECTIONS:
@@ -178,18 +412,98 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
                 check_backbone(value, origin=origin, field=where)
     if "backbone" in fixed:
         check_backbone(fixed["backbone"], origin=origin, field="fixed.backbone")
+    _check_conditions(params, fixed, origin)
+    _condition_order(params, origin)  # rejects cycles
+    search = _search(_mapping(raw.get("search"), origin, "search"), origin, params=params, fixed=fixed)
     return Space(
         name=str(raw.get("name") or p.stem),
         origin=origin,
         data=data,
         fixed=fixed,
         params=params,
-        search=_mapping(raw.get("search"), origin, "search"),
+        search=search,
         ensemble=_mapping(raw.get("ensemble"), origin, "ensemble"),
         storage=raw.get("storage"),
         ray=_mapping(raw.get("ray"), origin, "ray"),
         raw=raw,
     )
+
+
+def _read_yaml(path: Path, origin: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"YAML syntax error at {where}: {problem}; fix the file's indentation or quoting", origin=origin) from None
+
+
+def _resolve_includes(raw: dict[str, Any], path: Path, origin: str, *, seen: tuple[Path, ...]) -> dict[str, Any]:
+    """Merge ``include: [presets/cxr_ast, ...]`` files under this one; this file's values win.
+
+    A name is looked up next to the including file, then among the shipped spaces (``.yaml``
+    optional). Included files are merged in order, each over the previous; ``name`` is never
+    taken from them. A parameter this file searches is no longer fixed by an include, and one it
+    fixes is no longer searched.
+    """
+    names = raw.pop("include", None)
+    if names is None:
+        return raw
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"must be a name or a list of names like [presets/cxr_ast], got {names!r}", origin=origin, field="include")
+    base: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        found = _find_include(name, path.parent)
+        if found is None:
+            shipped = sorted(str(q.relative_to(SHIPPED).with_suffix("")) for q in SHIPPED.rglob("*.yaml"))
+            raise ConfigError(
+                f"no space file {name!r} next to this file or among the shipped spaces; shipped: {', '.join(shipped)}",
+                origin=origin,
+                field=f"include[{i}]",
+            )
+        if found.resolve() in seen:
+            raise ConfigError(f"{name!r} includes itself (through {found}); remove the cycle", origin=origin, field=f"include[{i}]")
+        sub = _read_yaml(found, str(found))
+        if not isinstance(sub, dict):
+            raise ConfigError("must hold a mapping (e.g. `fixed:` and `space:`)", origin=str(found))
+        sub.pop("name", None)
+        sub = _resolve_includes(sub, found, str(found), seen=seen + (found.resolve(),))
+        base = _merge(base, sub)
+    own_space, own_fixed = raw.get("space") or {}, raw.get("fixed") or {}
+    if isinstance(base.get("fixed"), dict) and isinstance(own_space, dict):
+        base["fixed"] = {k: v for k, v in base["fixed"].items() if k not in own_space}
+    if isinstance(base.get("space"), dict) and isinstance(own_fixed, dict):
+        base["space"] = {k: v for k, v in base["space"].items() if k not in own_fixed}
+    return _merge(base, raw)
+
+
+def _find_include(name: str, folder: Path) -> Path | None:
+    for root in (folder, SHIPPED):
+        for candidate in (root / name, root / f"{name}.yaml"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``: mappings merge key by key, except a searched parameter and a ``data``
+    section with another ``source``, which are replaced whole."""
+    out = dict(base)
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            if key == "data" and value.get("source", old.get("source")) != old.get("source"):
+                out[key] = dict(value)
+            elif key == "space":
+                out[key] = {**old, **value}
+            else:
+                out[key] = _merge(old, value)
+        else:
+            out[key] = value
+    return out
 
 
 def _mapping(value: Any, origin: str, field_name: str) -> dict[str, Any]:
@@ -226,10 +540,34 @@ def _param(name: str, spec: Any, origin: str) -> Param:
     when = spec.get("when") or {}
     if not isinstance(when, dict):
         raise ConfigError(f"must map parameter names to a value or a list of values, got {when!r}", origin=origin, field=f"{where}.when")
+    for dep, want in when.items():
+        if isinstance(want, dict):
+            for op, bound in want.items():
+                if op not in WHEN_OPS:
+                    raise ConfigError(
+                        f"unknown comparison {op!r}{did_you_mean(str(op), WHEN_OPS)}; use a value, a list of values, "
+                        f"or {{lt|le|gt|ge: number}} (e.g. {{lt: 1}})",
+                        origin=origin,
+                        field=f"{where}.when.{dep}.{op}",
+                    )
+                if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+                    raise ConfigError(f"`{op}` needs a number, got {bound!r}", origin=origin, field=f"{where}.when.{dep}.{op}")
+            if not want:
+                raise ConfigError("needs at least one comparison, e.g. {lt: 1}", origin=origin, field=f"{where}.when.{dep}")
+        elif isinstance(want, list) and not want:
+            raise ConfigError("needs at least one value", origin=origin, field=f"{where}.when.{dep}")
+    when = {k: tuple(v) if isinstance(v, list) else v for k, v in when.items()}
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise ConfigError("needs a non-empty list `choices: [...]`", origin=origin, field=f"{where}.choices")
+        for i, choice in enumerate(choices):
+            if choice is not None and not isinstance(choice, (bool, int, float, str)):
+                raise ConfigError(
+                    f"choices must be numbers, strings, booleans or null (Optuna's rule), got {choice!r}",
+                    origin=origin,
+                    field=f"{where}.choices[{i}]",
+                )
         default = spec.get("default")
         if default is not None and default not in choices:
             raise ConfigError(f"default {default!r} is not among the choices {choices}", origin=origin, field=f"{where}.default")
@@ -255,3 +593,310 @@ def _param(name: str, spec: Any, origin: str) -> Param:
     if kind == "int":
         low, high = int(low), int(high)
     return Param(name=name, type=kind, low=low, high=high, log=log, step=step, default=default, when=when)
+
+
+def _check_conditions(params: Mapping[str, Param], fixed: Mapping[str, Any], origin: str) -> None:
+    """Each ``when`` names another parameter, and asks only for values that parameter can take."""
+    known = sorted(set(params) | set(fixed))
+    for name, param in params.items():
+        for dep, want in param.when.items():
+            where = f"space.{name}.when.{dep}"
+            if dep == name:
+                raise ConfigError("a parameter cannot depend on itself; name another parameter", origin=origin, field=where)
+            if dep not in params and dep not in fixed:
+                raise ConfigError(
+                    f"{dep!r} is neither searched nor fixed{did_you_mean(dep, known)}; "
+                    f"a condition must name a parameter in `space` or `fixed` (here: {', '.join(known) or 'none'})",
+                    origin=origin,
+                    field=where,
+                )
+            if dep in fixed:
+                # Allowed even when it never holds: `--set loss=ce` switches off focal's gamma.
+                continue
+            other = params[dep]
+            if isinstance(want, Mapping):
+                if other.type == "categorical":
+                    numeric = [c for c in other.choices if not isinstance(c, bool) and isinstance(c, (int, float))]
+                    if not numeric:
+                        raise ConfigError(
+                            f"compares {dep!r} with a number, but its choices {list(other.choices)} are not numbers; "
+                            "list the values instead",
+                            origin=origin,
+                            field=where,
+                        )
+                    if not any(_matches(c, want) for c in numeric):
+                        raise ConfigError(
+                            f"no choice of {dep!r} ({list(other.choices)}) satisfies {_describe_condition(dep, want)}",
+                            origin=origin,
+                            field=where,
+                        )
+                elif not _range_meets(other, want):
+                    raise ConfigError(
+                        f"{dep!r} ranges over [{other.low}, {other.high}], so {_describe_condition(dep, want)} never holds",
+                        origin=origin,
+                        field=where,
+                    )
+                continue
+            for value in want if isinstance(want, tuple) else (want,):
+                if other.type == "categorical":
+                    if not any(_equal(value, c) for c in other.choices):
+                        raise ConfigError(
+                            f"{value!r} is not a choice of {dep!r}; its choices are {list(other.choices)}",
+                            origin=origin,
+                            field=where,
+                        )
+                elif isinstance(value, bool) or not isinstance(value, (int, float)) or not other.low <= value <= other.high:
+                    raise ConfigError(
+                        f"{value!r} is not a possible value of {dep!r}, which ranges over [{other.low}, {other.high}]",
+                        origin=origin,
+                        field=where,
+                    )
+
+
+def _range_meets(param: Param, want: Mapping[str, float]) -> bool:
+    lo, hi = float(param.low), float(param.high)
+    for op, bound in want.items():
+        if op in ("lt", "le"):
+            if lo > bound or (op == "lt" and lo == bound):
+                return False
+        elif hi < bound or (op == "gt" and hi == bound):
+            return False
+    return True
+
+
+def _condition_order(params: Mapping[str, Param], origin: str) -> list[str]:
+    """File order, except that a parameter comes after the searched parameters its condition names."""
+    order: list[str] = []
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "open":
+            cycle = " -> ".join(path[path.index(name) :] + (name,))
+            raise ConfigError(f"conditions form a cycle ({cycle}); one of them must not depend on the other", origin=origin, field=f"space.{name}.when")
+        state[name] = "open"
+        for dep in params[name].when:
+            if dep in params:
+                visit(dep, path + (name,))
+        state[name] = "done"
+        order.append(name)
+
+    for name in params:
+        visit(name, ())
+    return order
+
+
+def check_metric(metric: Any, *, origin: str, field: str) -> str:
+    """A metric the trainable reports every epoch, or a one-line error listing them."""
+    import trainables
+
+    extra = tuple(getattr(trainables, "REPORTED_METRICS", ()))  # if the trainable ever publishes its list
+    valid = REPORTED_METRICS + tuple(m for m in extra if m not in REPORTED_METRICS)
+    if isinstance(metric, str) and (metric in valid or PER_CLASS_METRIC.match(metric)):
+        return metric
+    raise ConfigError(
+        f"the trainable does not report {metric!r}{did_you_mean(str(metric), valid)}; "
+        f"use one of {', '.join(valid)}, or a per-class key like val_sensitivity/<class>",
+        origin=origin,
+        field=field,
+    )
+
+
+def _default_mode(metric: str) -> str:
+    return "min" if metric.endswith(("loss", "seconds", "joules")) else "max"
+
+
+def _check_keys(raw: Mapping[str, Any], valid: Sequence[str] | set[str], *, origin: str, where: str, what: str) -> None:
+    for key in raw:
+        if key not in valid:
+            raise ConfigError(
+                f"unknown key {key!r} in {what}{did_you_mean(str(key), valid)}; valid: {', '.join(sorted(valid))}",
+                origin=origin,
+                field=f"{where}.{key}",
+            )
+
+
+def _number(
+    raw: Mapping[str, Any],
+    key: str,
+    *,
+    origin: str,
+    where: str,
+    kind: type,
+    minimum: float,
+    strict: bool = False,
+    default: Any = None,
+    optional: bool = False,
+) -> Any:
+    value = raw.get(key, default)
+    if value is None and optional:
+        return None
+    ok = not isinstance(value, bool) and isinstance(value, (int, float))
+    if ok and kind is int:
+        ok = float(value).is_integer()
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        want = ("an integer" if kind is int else "a number") + f" {'>' if strict else '>='} {minimum:g}"
+        if optional:
+            want += " (or null)"
+        raise ConfigError(f"`{key}` must be {want}, got {value!r}", origin=origin, field=f"{where}.{key}")
+    return int(value) if kind is int else value
+
+
+def _mode(value: Any, *, origin: str, field: str) -> str:
+    if value not in ("max", "min"):
+        raise ConfigError(f"must be max or min, got {value!r}{did_you_mean(str(value), ('max', 'min'))}", origin=origin, field=field)
+    return value
+
+
+def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SearchConfig:
+    """Validate the ``search`` section into a ``SearchConfig``."""
+    w = "search"
+    _check_keys(raw, SEARCH_KEYS, origin=origin, where=w, what="search")
+    objectives: tuple[Objective, ...] = ()
+    if raw.get("objectives") is not None:
+        items = raw["objectives"]
+        if not isinstance(items, list) or not items:
+            raise ConfigError(
+                "must be a list like [{metric: val_auroc, mode: max}, {metric: train_seconds, mode: min}]",
+                origin=origin,
+                field=f"{w}.objectives",
+            )
+        objs = []
+        for i, item in enumerate(items):
+            where = f"{w}.objectives[{i}]"
+            if isinstance(item, str):
+                item = {"metric": item}
+            if not isinstance(item, dict):
+                raise ConfigError(f"must be a mapping {{metric: ..., mode: max|min}}, got {item!r}", origin=origin, field=where)
+            _check_keys(item, ("metric", "mode"), origin=origin, where=where, what="an objective")
+            metric = check_metric(item.get("metric"), origin=origin, field=f"{where}.metric")
+            mode = _mode(item.get("mode", _default_mode(metric)), origin=origin, field=f"{where}.mode")
+            objs.append(Objective(metric, mode))
+        names = [o.metric for o in objs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"lists a metric twice ({names}); each objective needs its own metric", origin=origin, field=f"{w}.objectives")
+        objectives = tuple(objs)
+        for key in ("metric", "mode"):
+            given = raw.get(key)
+            first = getattr(objectives[0], key)
+            if given is not None and given != first:
+                raise ConfigError(
+                    f"is {given!r} but the first objective's {key} is {first!r}; the first objective is the one the "
+                    f"scheduler prunes on: drop `search.{key}` or make them agree",
+                    origin=origin,
+                    field=f"{w}.{key}",
+                )
+        metric, mode = objectives[0].metric, objectives[0].mode
+    else:
+        metric = check_metric(raw.get("metric", "val_auroc"), origin=origin, field=f"{w}.metric")
+        mode = _mode(raw.get("mode", _default_mode(metric)), origin=origin, field=f"{w}.mode")
+    for obj in objectives or (Objective(metric, mode),):
+        if obj.metric.endswith("loss") and obj.mode == "max":
+            where = f"{w}.objectives" if objectives else f"{w}.mode"
+            raise ConfigError(f"max with {obj.metric} would pick the highest loss; use mode: min", origin=origin, field=where)
+
+    n_trials = _number(raw, "n_trials", origin=origin, where=w, kind=int, minimum=1, default=10)
+    max_concurrent = _number(raw, "max_concurrent", origin=origin, where=w, kind=int, minimum=1, optional=True)
+    time_budget_s = _number(raw, "time_budget_s", origin=origin, where=w, kind=float, minimum=0, strict=True, optional=True)
+    max_failures = _number(raw, "max_failures", origin=origin, where=w, kind=int, minimum=0, default=1)
+
+    sampler = _sampler(raw.get("sampler"), origin, multi=len(objectives) > 1)
+    scheduler = _scheduler(raw.get("scheduler"), origin, params=params, fixed=fixed)
+    resources = _resources(raw.get("resources"), origin)
+    return SearchConfig(
+        metric=metric,
+        mode=mode,
+        n_trials=n_trials,
+        max_concurrent=max_concurrent,
+        time_budget_s=time_budget_s,
+        max_failures=max_failures,
+        sampler=sampler,
+        scheduler=scheduler,
+        resources=resources,
+        objectives=objectives,
+    )
+
+
+def _typed_section(value: Any, origin: str, where: str, kinds: Sequence[str], example: str) -> dict[str, Any]:
+    """``tpe`` or ``{type: tpe, ...}`` to a mapping with a valid ``type`` (the first kind when left out)."""
+    if isinstance(value, str):
+        value = {"type": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"must be one of {', '.join(kinds)} or a mapping like {example}, got {value!r}", origin=origin, field=where)
+    value = {"type": kinds[0], **value}
+    kind = value["type"]
+    if kind not in kinds:
+        raise ConfigError(
+            f"`type` must be one of {', '.join(kinds)}, got {kind!r}{did_you_mean(str(kind), kinds)}",
+            origin=origin,
+            field=f"{where}.type",
+        )
+    return dict(value)
+
+
+def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
+    where = "search.sampler"
+    if value is None:
+        return SamplerConfig()
+    raw = _typed_section(value, origin, where, SAMPLERS, "{type: tpe, seed: 0}")
+    _check_keys(raw, ("type", "seed"), origin=origin, where=where, what="the sampler")
+    seed = _number(raw, "seed", origin=origin, where=where, kind=int, minimum=0, optional=True)
+    kind = raw["type"]
+    if kind == "cmaes":
+        if multi:
+            raise ConfigError("cmaes optimizes one objective; use nsga2 or tpe for several objectives", origin=origin, field=f"{where}.type")
+        if importlib.util.find_spec("cmaes") is None:
+            raise ConfigError("the cmaes sampler needs the `cmaes` package: pip install cmaes (or use tpe)", origin=origin, field=f"{where}.type")
+    return SamplerConfig(type=kind, seed=seed)
+
+
+def _scheduler(value: Any, origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SchedulerConfig:
+    where = "search.scheduler"
+    if value is None:
+        value = "asha"
+    raw = _typed_section(value, origin, where, tuple(SCHEDULER_KEYS), "{type: asha, max_t: 10, grace_period: 1, reduction_factor: 2}")
+    kind = raw["type"]
+    _check_keys(raw, SCHEDULER_KEYS[kind], origin=origin, where=where, what=f"a {kind} scheduler")
+    if kind == "fifo":
+        return SchedulerConfig(type="fifo", grace_period=1)
+    grace = _number(raw, "grace_period", origin=origin, where=where, kind=int, minimum=1, default=1)
+    if kind == "median":
+        n = _number(raw, "min_samples_required", origin=origin, where=where, kind=int, minimum=1, default=3)
+        return SchedulerConfig(type="median", grace_period=grace, min_samples_required=n)
+    max_t = _number(raw, "max_t", origin=origin, where=where, kind=int, minimum=1, optional=True)
+    if max_t is None:
+        max_t = _max_epochs(params, fixed)
+    if grace > max_t:
+        raise ConfigError(
+            f"`grace_period` ({grace}) must be <= `max_t` ({max_t}); lower grace_period or raise max_t",
+            origin=origin,
+            field=f"{where}.grace_period",
+        )
+    rf = _number(raw, "reduction_factor", origin=origin, where=where, kind=float, minimum=1, strict=True, default=2)
+    return SchedulerConfig(type="asha", max_t=max_t, grace_period=grace, reduction_factor=rf)
+
+
+def _max_epochs(params: Mapping[str, Param], fixed: Mapping[str, Any]) -> int:
+    if "epochs" in fixed:
+        return int(fixed["epochs"])
+    p = params.get("epochs")
+    if p is not None:
+        return int(max(p.choices) if p.type == "categorical" else p.high)
+    return TrainParams.epochs
+
+
+def _resources(value: Any, origin: str) -> Resources:
+    where = "search.resources"
+    if value is None:
+        return Resources()
+    if not isinstance(value, dict):
+        raise ConfigError(f"must be a mapping like {{cpu: 1, gpu: 0.5}}, got {value!r}", origin=origin, field=where)
+    _check_keys(value, ("cpu", "gpu"), origin=origin, where=where, what="resources")
+    cpu = _number(value, "cpu", origin=origin, where=where, kind=float, minimum=0, strict=True, default=1)
+    gpu = _number(value, "gpu", origin=origin, where=where, kind=float, minimum=0, default=0)
+    if gpu > 1 and not float(gpu).is_integer():
+        raise ConfigError(f"`gpu` above 1 must be a whole number (Ray's rule), got {gpu!r}", origin=origin, field=f"{where}.gpu")
+    return Resources(cpu=cpu, gpu=gpu)

@@ -1,0 +1,397 @@
+"""Sweeps: a validated space to Ray Tune, with Optuna's define-by-run search and ASHA, then a leaderboard.
+
+Ray does the scheduling, checkpoints, retries and results; this module only translates the space
+file into Tune's objects and the results into a table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from trainables import ConfigError, TrainParams
+
+from ._space import Param, SamplerConfig, SchedulerConfig, Space
+
+# Keys of ``data`` that hold paths: made absolute, because Tune runs each trial in its own folder.
+_DATA_PATH_KEYS = ("root", "labels_csv", "img_dir", "cache_dir")
+DEFAULT_STORAGE = "runs"
+
+
+class DefineByRun:
+    """Optuna's define-by-run search space for a ``Space``.
+
+    Each searched parameter is suggested in an order where a ``when`` condition comes after the
+    parameters it names, and only when the condition holds for the values drawn (or fixed) so far.
+    Returns the constants (fixed values, ``data``, ``_origin``): ``OptunaSearch`` merges them into
+    every trial's config.
+
+    Example:
+        >>> fn = DefineByRun(space.ordered_params(), trial_constants(space))
+        >>> trial = optuna.create_study().ask()
+        >>> config = {**fn(trial), **trial.params}  # what OptunaSearch hands to Tune
+    """
+
+    def __init__(self, params: Sequence[Param], constants: Mapping[str, Any]) -> None:
+        self.params = list(params)
+        self.constants = dict(constants)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        values = {k: v for k, v in self.constants.items() if k != "data" and not k.startswith("_")}
+        for p in self.params:
+            if not p.active(values):
+                continue
+            values[p.name] = suggest(trial, p)
+        return dict(self.constants)
+
+
+def suggest(trial: Any, p: Param) -> Any:
+    """Draw one parameter with Optuna's ``suggest_*`` (log and step as the space file says)."""
+    if p.type == "categorical":
+        return trial.suggest_categorical(p.name, list(p.choices))
+    if p.type == "int":
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+
+
+def trial_constants(space: Space) -> dict[str, Any]:
+    """What every trial's config holds besides the searched values: fixed values, ``data``, ``_origin``.
+
+    Relative paths become absolute (trials run in their own folders). When the sweep maximizes a
+    ``val_*`` metric and the space does not set ``select_metric``, the trainable picks each trial's
+    best epoch (and so its predictions) by the same metric.
+    """
+    fixed = dict(space.fixed)
+    if isinstance(fixed.get("pretrained_path"), str):
+        fixed["pretrained_path"] = _absolute(fixed["pretrained_path"])
+    metric = space.search.metric
+    if (
+        "select_metric" not in fixed
+        and "select_metric" not in space.params
+        and space.search.mode == "max"
+        and metric.startswith("val_")
+        and "select_metric" in TrainParams.__dataclass_fields__
+    ):
+        fixed["select_metric"] = metric
+    return {**fixed, "data": data_dict(space), "_origin": str(space.origin)}
+
+
+def data_dict(space: Space) -> dict[str, Any]:
+    """The ``data`` section as trials get it: plain values, paths absolute."""
+    data = space.data.to_dict()
+    for key in _DATA_PATH_KEYS:
+        if isinstance(data.get(key), str):
+            data[key] = _absolute(data[key])
+    return data
+
+
+def _absolute(path: str) -> str:
+    if "://" in path or path.startswith("~"):
+        return path
+    return str(Path(path).resolve())
+
+
+def trial_dirname(trial: Any) -> str:
+    """``trial_<id>``: Tune's default name spells out the config, data section included."""
+    return f"trial_{trial.trial_id}"
+
+
+def create_sampler(cfg: SamplerConfig) -> Any:
+    """Optuna's sampler by name, seeded."""
+    import optuna
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
+    }
+    return samplers[cfg.type]()
+
+
+def create_scheduler(cfg: SchedulerConfig) -> Any:
+    """Tune's scheduler by name; metric and mode come from ``TuneConfig``."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    if cfg.type == "asha":
+        return ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.max_t,
+            grace_period=cfg.grace_period,
+            reduction_factor=cfg.reduction_factor,
+        )
+    if cfg.type == "median":
+        return MedianStoppingRule(
+            time_attr="training_iteration", grace_period=cfg.grace_period, min_samples_required=cfg.min_samples_required
+        )
+    return FIFOScheduler()
+
+
+def run_dir_of(space: Space, out: str | None = None) -> str:
+    """Where the sweep lives: ``<out or storage or ./runs>/<name>``, a local path or a URI."""
+    storage = str(out or space.storage or DEFAULT_STORAGE)
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    return f"{storage.rstrip('/')}/{space.name}"
+
+
+def describe(space: Space, *, run_dir: str) -> str:
+    """The resolved space and the trial budget, for ``--dry-run``."""
+    cfg = space.search
+    lines = [f"space {space.name} ({space.origin})"]
+    data = {k: v for k, v in data_dict(space).items() if v is not None}
+    lines.append("data: " + ", ".join(f"{k}={v}" for k, v in data.items()))
+    lines.append("fixed:")
+    width = max([len(k) for k in list(space.fixed) + list(space.params)] + [8])
+    lines += [f"  {k:<{width}}  {v!r}" for k, v in space.fixed.items()] or ["  (none)"]
+    sampler = cfg.sampler.type + (f", seed {cfg.sampler.seed}" if cfg.sampler.seed is not None else "")
+    lines.append(f"searched ({len(space.params)}; Optuna {sampler}):")
+    lines += [f"  {p.name:<{width}}  {p.describe()}" for p in space.ordered_params()] or ["  (none: every trial is the same run)"]
+    if cfg.objectives and cfg.multi_objective:
+        lines.append("objectives: " + ", ".join(f"{o.metric} ({o.mode})" for o in cfg.objectives) + f"; {cfg.scheduler.type} prunes on {cfg.metric}")
+    else:
+        lines.append(f"metric: {cfg.metric} ({cfg.mode})")
+    s = cfg.scheduler
+    if s.type == "asha":
+        lines.append(f"scheduler: asha, max_t {s.max_t}, grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}")
+        if s.max_t < space.max_epochs():
+            lines.append(f"  note: max_t {s.max_t} < epochs {space.max_epochs()}: no trial trains past epoch {s.max_t}")
+    elif s.type == "median":
+        lines.append(f"scheduler: median, grace_period {s.grace_period}, min_samples_required {s.min_samples_required}")
+    else:
+        lines.append("scheduler: fifo (no early stopping)")
+    r = cfg.resources
+    lines.append(
+        f"resources per trial: cpu {r.cpu:g}, gpu {r.gpu:g}; max_concurrent {cfg.max_concurrent or 'as resources allow'}; "
+        f"time_budget_s {cfg.time_budget_s if cfg.time_budget_s is not None else 'none'}; max_failures {cfg.max_failures}"
+    )
+    per = space.max_epochs_per_trial()
+    lines.append(f"budget: {cfg.n_trials} trials x at most {per} epochs = at most {cfg.n_trials * per} trial-epochs")
+    lines.append(f"output: {run_dir}")
+    return "\n".join(lines)
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """Ray and Optuna say nothing unless --verbose: the progress lines and the leaderboard say it."""
+    import optuna
+
+    # Failed trials are logged by Tune with a traceback at ERROR; the progress line and the
+    # leaderboard's error column carry the reason instead.
+    level = logging.INFO if verbose else logging.CRITICAL
+    for name in ("ray", "ray.tune", "ray.train", "ray.air", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.WARNING)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+        warnings.filterwarnings("ignore", module=r"optuna(\.|$)")
+        # Ray's driver-side notices ("Tip: ...", usage stats) stay off.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def _init_ray(address: str | None, verbose: bool) -> bool:
+    """Join the cluster at ``address``, or start a local Ray; ``False`` when Ray was already up (tests)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(**kwargs)
+    except ConnectionError as exc:
+        raise ConfigError(
+            f"no Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); start one with `ray start --head` "
+            "or drop --address to run on this machine",
+            field="--address",
+        ) from None
+    return True
+
+
+def _preflight(space: Space, constants: Mapping[str, Any]) -> None:
+    """Fail before Ray starts: check the defaults as one trial config, and build the data cache once."""
+    from trainables import DataConfig, load_dataset
+
+    TrainParams.from_config({**space.defaults(), **constants}, origin=space.origin)
+    data = DataConfig.from_dict(constants["data"], origin=space.origin)
+    sizes: list[Any] = [space.fixed.get("image_size")]
+    p = space.params.get("image_size")
+    if p is not None:
+        sizes = list(p.choices) if p.type == "categorical" else [p.default_value()]
+    for size in sizes:
+        try:
+            load_dataset(data, image_size=size, verbose=True)
+        except ConfigError as exc:
+            if exc.origin:
+                raise
+            raise ConfigError(exc.message, origin=space.origin, field=exc.field) from None
+
+
+def run_sweep(
+    space: Space,
+    *,
+    out: str | None = None,
+    address: str | None = None,
+    resume: bool = False,
+    verbose: bool = False,
+    ensemble: bool = True,
+) -> int:
+    """Run (or resume) the sweep of ``space``; write the leaderboard and the resolved space.
+
+    Returns the exit status: 0 when at least one trial finished or was pruned, 1 when none did,
+    130 when the sweep was interrupted (continue it with ``resume=True``).
+
+    Example:
+        >>> run_sweep(load_space("spaces/smoke.yaml", overrides=["data.root=/tmp/images"]), out="/tmp/runs")
+        0
+    """
+    from ray import tune
+
+    from trainables import train
+
+    from ._leaderboard import leaderboard, read_text, write_bytes, write_leaderboard
+
+    _quiet_logs(verbose)
+    cfg = space.search
+    run_dir = run_dir_of(space, out)
+    address = address or space.ray.get("address")
+    constants = trial_constants(space)
+    resolved = space.resolved()
+    resolved["data"] = constants["data"]
+    space_text = yaml.safe_dump(resolved, sort_keys=False)
+
+    # Checked before Ray starts, so a wrong flag or a missing folder costs no cluster start-up.
+    exists = tune.Tuner.can_restore(run_dir)
+    if resume and not exists:
+        raise ConfigError(f"no sweep to resume in {run_dir}; run without --resume to start one", origin=space.origin, field="--resume")
+    if not resume and exists:
+        raise ConfigError(
+            f"{run_dir} already holds a sweep; pass --resume to continue it, or start a new one with "
+            f"--set name=<new name> or --out <folder> (or delete the folder)",
+            origin=space.origin,
+            field="name",
+        )
+    if not address:
+        _preflight(space, constants)
+    else:  # on a cluster the data may live on the workers only
+        TrainParams.from_config({**space.defaults(), **constants}, origin=space.origin)
+
+    started = _init_ray(address, verbose)
+    _quiet_logs(verbose)  # ray.init sets its loggers' levels again
+    try:
+        trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        if resume:
+            saved = read_text(run_dir, "space.yaml")
+            if saved is not None and saved != space_text:
+                print(f"[medsweep] note: the space differs from {run_dir}/space.yaml; a resumed sweep keeps the space it started with")
+            print(f"[medsweep] resuming {run_dir}", flush=True)
+            # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint;
+            # the searcher (the Optuna study) is restored from the experiment's state.
+            tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True)
+        else:
+            write_bytes(run_dir, "space.yaml", space_text.encode())
+            tuner = build_tuner(space, trainable, run_dir=run_dir, constants=constants, verbose=verbose)
+            print(
+                f"[medsweep] sweep {space.name}: {cfg.n_trials} trials x at most {space.max_epochs_per_trial()} epochs, "
+                f"{cfg.metric} ({cfg.mode}), {cfg.scheduler.type}; writing to {run_dir}",
+                flush=True,
+            )
+        t0 = time.perf_counter()
+        tuner.fit()
+        seconds = time.perf_counter() - t0
+        # The results as stored: after Ctrl+C the stored state still says which trials were running,
+        # where the in-memory ones all read TERMINATED.
+        results = tune.Tuner.restore(run_dir, trainable=trainable).get_results()
+        uri_prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
+        frame = leaderboard(results, space, uri_prefix=uri_prefix)
+        paths = write_leaderboard(frame, run_dir) + [f"{run_dir}/space.yaml"]
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble)
+
+
+def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mapping[str, Any], verbose: bool = False) -> Any:
+    """Tune's ``Tuner`` for a new sweep: OptunaSearch (define-by-run), the scheduler, checkpoints, progress lines."""
+    from ray import tune
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ._progress import Progress
+
+    cfg = space.search
+    multi = cfg.multi_objective
+    searcher = OptunaSearch(
+        space=DefineByRun(space.ordered_params(), constants),
+        metric=[o.metric for o in cfg.objectives] if multi else cfg.metric,
+        mode=[o.mode for o in cfg.objectives] if multi else cfg.mode,
+        sampler=create_sampler(cfg.sampler),
+    )
+    max_t = cfg.scheduler.max_t if cfg.scheduler.type == "asha" else None
+    progress = Progress(metric=cfg.metric, mode=cfg.mode, n_trials=cfg.n_trials, max_t=max_t, shown=list(space.params))
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,  # the scheduler's (the first objective); the searcher has its own
+            mode=cfg.mode,
+            search_alg=searcher,
+            scheduler=create_scheduler(cfg.scheduler),
+            num_samples=cfg.n_trials,
+            max_concurrent_trials=cfg.max_concurrent,
+            time_budget_s=cfg.time_budget_s,
+            # A worker that already imported torch and timm runs the next trial: seconds, not tens, per trial on CPUs.
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=space.name,
+            storage_path=run_dir.rsplit("/", 1)[0],
+            failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
+            ),
+            callbacks=[progress],
+            verbose=1 if verbose else 0,
+        ),
+    )
+
+
+def _report(frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool) -> int:
+    """The end of a sweep for people: a summary line, the top of the leaderboard, the paths; the exit status."""
+    from ._leaderboard import format_table
+
+    counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    print(f"\n[medsweep] sweep {space.name} done in {seconds:.0f}s: {summary or 'no trials'}")
+    print(format_table(frame, shown=list(space.params)))
+    print("\nwritten:")
+    for p in paths:
+        print(f"  {p}")
+    print("  (each trial's best-epoch predictions: the leaderboard's predictions_val and predictions_test columns)")
+    if ensemble:
+        print("ensemble: the stacking step is not available yet (issue 6); skipped")
+    else:
+        print("ensemble: skipped (--no-ensemble); the stacking step (issue 6) is not available yet anyway")
+    unfinished = int(counts.get("running", 0) + counts.get("pending", 0))
+    if unfinished:
+        print(f"medsweep: interrupted with {unfinished} trials unfinished; continue the sweep with --resume", file=sys.stderr)
+        return 130
+    if not counts.get("finished", 0) + counts.get("pruned", 0):
+        print("medsweep: no trial finished; see the error column of the leaderboard", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,70 @@
+"""Run a sweep: ``python -m search.run SPACE.yaml [--set key=value ...] [--address ADDR] [--resume] [--dry-run]``.
+
+Ray Tune runs the trials, Optuna (define-by-run) picks their parameters, ASHA stops the weak
+ones early; the run folder gets ``leaderboard.parquet``/``.csv`` and ``space.yaml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from trainables import ConfigError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (2 for bad input, with one line on stderr).
+
+    Example:
+        >>> main(["spaces/smoke.yaml", "--set", "data.root=/tmp/images", "--dry-run"])
+        0
+    """
+    parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
+    parser.add_argument("space", help="a space file, e.g. spaces/cxr.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value: a training parameter (epochs=5) or a dotted path "
+                        "(data.root=/data, search.n_trials=20)")
+    parser.add_argument("--address", default=None,
+                        help="join a running Ray cluster (auto, or HOST:PORT); default the file's ray.address, else a local Ray")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep in the run folder: finished trials are kept, the Optuna history restored")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved space and the trial budget, then exit")
+    parser.add_argument("--no-ensemble", action="store_true", help="skip the ensemble step after the sweep")
+    parser.add_argument("--out", default=None,
+                        help="where run folders go (a path or a URI such as s3://bucket/sweeps); the sweep writes "
+                        "OUT/<name>/. Default: the file's `storage`, else ./runs")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own progress and logs")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        from ._run import describe, run_dir_of, run_sweep
+        from ._space import load_space
+
+        space = load_space(args.space, overrides=args.overrides)
+        if args.dry_run:
+            print(describe(space, run_dir=run_dir_of(space, args.out)))
+            return 0
+        return run_sweep(
+            space,
+            out=args.out,
+            address=args.address,
+            resume=args.resume,
+            verbose=args.verbose,
+            ensemble=not args.no_ensemble,
+        )
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        msg = str(exc) if exc.origin else f"{args.space}: {exc}"
+        print(f"medsweep: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("medsweep: interrupted; continue the sweep with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
