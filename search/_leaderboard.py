@@ -1,7 +1,7 @@
 """The leaderboard: one row per trial of a sweep, from Tune's results, written as parquet and CSV.
 
 Columns: ``trial_id``, ``status`` (finished, pruned, errored, running, pending), ``epochs``,
-``max_epochs``, ``metric``, ``best``, ``last``, ``best_epoch``, ``wall_s``, ``node_ip``, ``error``, ``path`` (the
+``max_epochs``, ``metric``, ``best``, ``last``, ``best_epoch``, ``wall_s``, ``node_ip``, ``node_id``, ``error``, ``path`` (the
 trial's folder), ``checkpoint`` (its best checkpoint), ``predictions_val`` and ``predictions_test``
 (the best epoch's predictions, inside that checkpoint), ``last/<metric>`` for each further
 objective, then every config value as ``config/<key>`` (the data section left out).
@@ -92,6 +92,7 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
         "best_epoch": best_epoch,
         "wall_s": float(metrics.get("time_total_s", math.nan) or math.nan),
         "node_ip": metrics.get("node_ip"),  # where it ran (Tune adds it to every result)
+        "node_id": metrics.get("node_id"),  # the trainable's Ray node id: distinguishes nodes on one machine
         "error": error_line(result.error) if result.error is not None else None,
         "path": uri_prefix + result.path if result.path else None,
         "checkpoint": ckpt_path,

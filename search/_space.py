@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from trainables._cache import DataConfig
-from trainables._errors import ConfigError, did_you_mean
+from trainables._errors import ConfigError, check_keys, did_you_mean
 from trainables._model import check_backbone
 from trainables._params import TrainParams
 
@@ -707,16 +707,6 @@ def _default_mode(metric: str) -> str:
     return "min" if metric.endswith(("loss", "seconds", "joules")) else "max"
 
 
-def _check_keys(raw: Mapping[str, Any], valid: Sequence[str] | set[str], *, origin: str, where: str, what: str) -> None:
-    for key in raw:
-        if key not in valid:
-            raise ConfigError(
-                f"unknown key {key!r} in {what}{did_you_mean(str(key), valid)}; valid: {', '.join(sorted(valid))}",
-                origin=origin,
-                field=f"{where}.{key}",
-            )
-
-
 def _number(
     raw: Mapping[str, Any],
     key: str,
@@ -754,7 +744,7 @@ def _mode(value: Any, *, origin: str, field: str) -> str:
 def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SearchConfig:
     """Validate the ``search`` section into a ``SearchConfig``."""
     w = "search"
-    _check_keys(raw, SEARCH_KEYS, origin=origin, where=w, what="search")
+    check_keys(raw, SEARCH_KEYS, origin=origin, prefix=w, what="search")
     objectives: tuple[Objective, ...] = ()
     if raw.get("objectives") is not None:
         items = raw["objectives"]
@@ -771,7 +761,7 @@ def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param],
                 item = {"metric": item}
             if not isinstance(item, dict):
                 raise ConfigError(f"must be a mapping {{metric: ..., mode: max|min}}, got {item!r}", origin=origin, field=where)
-            _check_keys(item, ("metric", "mode"), origin=origin, where=where, what="an objective")
+            check_keys(item, ("metric", "mode"), origin=origin, prefix=where, what="an objective")
             metric = check_metric(item.get("metric"), origin=origin, field=f"{where}.metric")
             mode = _mode(item.get("mode", _default_mode(metric)), origin=origin, field=f"{where}.mode")
             objs.append(Objective(metric, mode))
@@ -842,7 +832,7 @@ def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
     if value is None:
         return SamplerConfig()
     raw = _typed_section(value, origin, where, SAMPLERS, "{type: tpe, seed: 0}")
-    _check_keys(raw, ("type", "seed"), origin=origin, where=where, what="the sampler")
+    check_keys(raw, ("type", "seed"), origin=origin, prefix=where, what="the sampler")
     seed = _number(raw, "seed", origin=origin, where=where, kind=int, minimum=0, optional=True)
     kind = raw["type"]
     if kind == "cmaes":
@@ -859,7 +849,7 @@ def _scheduler(value: Any, origin: str, *, params: Mapping[str, Param], fixed: M
         value = "asha"
     raw = _typed_section(value, origin, where, tuple(SCHEDULER_KEYS), "{type: asha, max_t: 10, grace_period: 1, reduction_factor: 2}")
     kind = raw["type"]
-    _check_keys(raw, SCHEDULER_KEYS[kind], origin=origin, where=where, what=f"a {kind} scheduler")
+    check_keys(raw, SCHEDULER_KEYS[kind], origin=origin, prefix=where, what=f"a {kind} scheduler")
     if kind == "fifo":
         return SchedulerConfig(type="fifo", grace_period=1)
     grace = _number(raw, "grace_period", origin=origin, where=where, kind=int, minimum=1, default=1)
@@ -894,7 +884,7 @@ def _resources(value: Any, origin: str) -> Resources:
         return Resources()
     if not isinstance(value, dict):
         raise ConfigError(f"must be a mapping like {{cpu: 1, gpu: 0.5}}, got {value!r}", origin=origin, field=where)
-    _check_keys(value, ("cpu", "gpu"), origin=origin, where=where, what="resources")
+    check_keys(value, ("cpu", "gpu"), origin=origin, prefix=where, what="resources")
     cpu = _number(value, "cpu", origin=origin, where=where, kind=float, minimum=0, strict=True, default=1)
     gpu = _number(value, "gpu", origin=origin, where=where, kind=float, minimum=0, default=0)
     if gpu > 1 and not float(gpu).is_integer():

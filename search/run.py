@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from trainables import ConfigError
+from trainables._errors import ConfigError, cli_error_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if args.debug:
             raise
-        msg = str(exc) if exc.origin else f"{args.space}: {exc}"
-        print(f"medsweep: error: {msg}", file=sys.stderr)
+        print(cli_error_line(exc, args.space), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ._errors import ConfigError, did_you_mean
+from ._errors import ConfigError
 from ._sources import SPLITS, SourceIndex, create_source
 
 CACHE_VERSION = 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -28,3 +28,34 @@ def did_you_mean(name: str, valid: Iterable[str], *, n: int = 3) -> str:
     if not close:
         return ""
     return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def check_keys(
+    raw: Mapping[str, Any],
+    valid: Iterable[str],
+    *,
+    origin: str | None,
+    prefix: str,
+    what: str | None = None,
+    also_valid: Iterable[str] = (),
+) -> None:
+    """Fail on the first key of ``raw`` not in ``valid``, with a did-you-mean and the valid list.
+
+    ``also_valid``: keys the caller has already taken out of ``raw``; a typo of one of them still
+    gets its did-you-mean and shows in the list.
+    """
+    allowed = set(valid)
+    shown = allowed | set(also_valid)
+    for key in raw:
+        if key not in allowed:
+            where = f" in {what}" if what else ""
+            raise ConfigError(
+                f"unknown key {key!r}{where}{did_you_mean(str(key), shown)}; valid keys: {', '.join(sorted(shown))}",
+                origin=origin,
+                field=f"{prefix}.{key}",
+            )
+
+
+def cli_error_line(exc: ConfigError, path: str) -> str:
+    """The one line a command prints for bad input; ``path`` names the file when the error does not."""
+    return f"medsweep: error: {exc if exc.origin else f'{path}: {exc}'}"

@@ -8,7 +8,6 @@ refuse token backbones.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -234,24 +233,15 @@ def build_classifier(
     """
     import timm
 
-    from ._model import check_backbone
+    from ._model import check_backbone, local_weights
 
     check_backbone(backbone)
     factory = _check_name(head)
     _positive_int("num_classes", num_classes)
     _positive_int("in_chans", in_chans)
     drop_rate = _drop_rate(drop_rate)
-    kwargs: dict[str, object] = {}
-    if pretrained_path:
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"weights file {str(path)!r} does not exist; give the path of a .safetensors or .pth file",
-                field="pretrained_path",
-            )
-        # As in _model.create_model: timm adapts the stem to in_chans and skips the missing classifier.
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
+    kwargs: dict[str, object] = local_weights(pretrained_path)
+    pretrained = pretrained or bool(kwargs)
 
     num_features, shape, fmt = _feature_shape(backbone, in_chans)
     is_map = len(shape) == 4 and shape[1] == num_features and fmt == "NCHW"

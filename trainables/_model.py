@@ -25,21 +25,28 @@ def create_model(
     import timm
 
     check_backbone(backbone, origin=origin)
-    kwargs = {}
-    if pretrained_path:
-        path = Path(pretrained_path).expanduser()
-        if not path.is_file():
-            raise ConfigError(
-                f"weights file {str(path)!r} does not exist; give the path of a .safetensors or .pth file",
-                origin=origin,
-                field="pretrained_path",
-            )
-        # timm adapts the stem to in_chans and drops a head of another size, as for hub weights.
-        kwargs["pretrained_cfg_overlay"] = {"file": str(path)}
-        pretrained = True
+    kwargs = local_weights(pretrained_path, origin=origin)
+    pretrained = pretrained or bool(kwargs)
     return timm.create_model(
         backbone, pretrained=pretrained, num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **kwargs
     )
+
+
+def local_weights(pretrained_path: str | None, *, origin: str | None = None) -> dict:
+    """timm keyword arguments that load a local weights file (``{}`` when there is none).
+
+    timm adapts the stem to ``in_chans`` and drops a head of another size, as for hub weights.
+    """
+    if not pretrained_path:
+        return {}
+    path = Path(pretrained_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(
+            f"weights file {str(path)!r} does not exist; give the path of a .safetensors or .pth file",
+            origin=origin,
+            field="pretrained_path",
+        )
+    return {"pretrained_cfg_overlay": {"file": str(path)}}
 
 
 def check_backbone(backbone: str, *, origin: str | None = None, field: str = "backbone") -> None:

@@ -205,7 +205,7 @@ def _coerce(value: Any, f: dataclasses.Field, *, origin: str, field: str) -> Any
     if value is None:
         if "None" in kind:
             return None
-        raise ConfigError(f"needs a value, got null", origin=origin, field=field)
+        raise ConfigError("needs a value, got null", origin=origin, field=field)
     try:
         if kind.startswith("bool"):
             if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from ._errors import ConfigError, did_you_mean
+from ._errors import ConfigError, check_keys, did_you_mean
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -39,26 +39,11 @@ class SourceIndex:
     splits: dict[str, SplitIndex]
 
 
-def _check_keys(
-    raw: Mapping[str, Any], allowed: set[str], *, origin: str, prefix: str, also_valid: Iterable[str] = ()
-) -> None:
-    # ``also_valid``: keys the caller has already taken out of ``raw`` (cache_dir, ...); a typo of
-    # one of them must still get its did-you-mean and show up in the list of valid keys.
-    valid = allowed | set(also_valid)
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}",
-                origin=origin,
-                field=f"{prefix}.{key}",
-            )
-
-
 def _source_from_dict(
     cls: type, raw: Mapping[str, Any], *, origin: str, prefix: str, also_valid: Iterable[str] = ()
 ) -> Any:
     allowed = {f.name for f in dataclasses.fields(cls)}
-    _check_keys(raw, allowed, origin=origin, prefix=prefix, also_valid=also_valid)
+    check_keys(raw, allowed, origin=origin, prefix=prefix, also_valid=also_valid)
     for f in dataclasses.fields(cls):
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in raw:
             raise ConfigError(

@@ -492,8 +492,11 @@ class _Run:
     def _report(self, row: dict[str, Any], epoch: int) -> None:
         self.current_epoch = epoch
         if self.tune:
+            import ray
             import ray.tune
 
+            # Which Ray node ran the epoch: node IPs are equal on a one-machine cluster, node ids are not.
+            row = {**row, "node_id": ray.get_runtime_context().get_node_id()}
             with tempfile.TemporaryDirectory() as tmp:
                 self._save_checkpoint(Path(tmp))
                 ray.tune.report(row, checkpoint=ray.tune.Checkpoint.from_directory(tmp))

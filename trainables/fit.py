@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ._errors import ConfigError
+from ._errors import ConfigError, cli_error_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -38,8 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if args.debug:
             raise
-        msg = str(exc) if exc.origin else f"{args.space}: {exc}"
-        print(f"medsweep: error: {msg}", file=sys.stderr)
+        print(cli_error_line(exc, args.space), file=sys.stderr)
         return 2
     print(f"[medsweep] done: best {row.get('best_score', float('nan')):.4f} at epoch {row.get('best_epoch')}; outputs in {args.out}")
     return 0
