@@ -140,7 +140,9 @@ def test_under_ray_tune_reports_each_epoch_and_retries_from_checkpoint(tiny_data
     result = results[0]
     assert result.error is None
     assert result.metrics["epoch"] == 2
-    assert list(result.metrics_dataframe["epoch"]) == [1, 2]
+    # After the retry only epoch 2 runs (a redone epoch 1 would show up again). Epoch 1's own row may
+    # be missing from Tune's log when the crash beats its write, so [2] is as right as [1, 2].
+    assert list(result.metrics_dataframe["epoch"]) in ([1, 2], [2])
     assert marker.exists()
     assert result.checkpoint is not None
     with result.checkpoint.as_directory() as ckpt:
