@@ -1,6 +1,43 @@
-"""Stacking ensembles of a sweep's top trials: fit, export to a bundle, load and predict.
+"""Stacking ensembles of a sweep's top trials: select, fit, export to a bundle, load it back to predict and explain.
 
-Not built yet (issue 6); the package exists so the distribution's layout is the design's.
+Example:
+    >>> from ensemble import build_ensemble, load
+    >>> build_ensemble("runs/cxr")                      # writes runs/cxr/ensemble/
+    >>> load("runs/cxr/ensemble").predict_proba(["xray.png"])
 """
 
-__all__: list[str] = []
+from ._bundle import Bundle, export_bundle, load, verify_bundle
+from ._metrics import bootstrap_ci, evaluate, expected_calibration_error
+from ._report import Summary, summarise
+from ._select import EnsembleSettings, Member, Selection, select_members
+from ._stacking import COMBINERS, StackingEnsemble
+
+__all__ = [
+    "COMBINERS",
+    "BuildResult",
+    "Bundle",
+    "EnsembleSettings",
+    "Member",
+    "Selection",
+    "StackingEnsemble",
+    "Summary",
+    "bootstrap_ci",
+    "build_ensemble",
+    "evaluate",
+    "expected_calibration_error",
+    "export_bundle",
+    "load",
+    "select_members",
+    "summarise",
+    "verify_bundle",
+]
+
+
+def __getattr__(name: str):
+    # ``build`` is also a command (python -m ensemble.build): imported on first use, so running it
+    # does not find the module half-imported by this package.
+    if name in ("BuildResult", "build_ensemble"):
+        from . import build
+
+        return getattr(build, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -253,7 +253,9 @@ def run_sweep(
     """Run (or resume) the sweep of ``space``; write the leaderboard and the resolved space.
 
     Returns the exit status: 0 when at least one trial finished or was pruned, 1 when none did,
-    130 when the sweep was interrupted (continue it with ``resume=True``).
+    130 when the sweep was interrupted (continue it with ``resume=True``). With ``ensemble`` the
+    stacking ensemble of the best trials is built afterwards (``<run_dir>/ensemble``); when that fails
+    the leaderboard stays written and the status is 2 (bad input, e.g. too few trials) or 1.
 
     Example:
         >>> run_sweep(load_space("spaces/smoke.yaml", overrides=["data.root=/tmp/images"]), out="/tmp/runs")
@@ -324,7 +326,7 @@ def run_sweep(
             import ray
 
             ray.shutdown()
-    return _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble)
+    return _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir)
 
 
 def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mapping[str, Any], verbose: bool = False) -> Any:
@@ -371,8 +373,8 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
     )
 
 
-def _report(frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool) -> int:
-    """The end of a sweep for people: a summary line, the top of the leaderboard, the paths; the exit status."""
+def _report(frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool, run_dir: str = "") -> int:
+    """The end of a sweep for people: a summary line, the top of the leaderboard, the paths, the ensemble; the exit status."""
     from ._leaderboard import format_table
 
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
@@ -383,15 +385,48 @@ def _report(frame: Any, space: Space, *, paths: list[str], seconds: float, ensem
     for p in paths:
         print(f"  {p}")
     print("  (each trial's best-epoch predictions: the leaderboard's predictions_val and predictions_test columns)")
-    if ensemble:
-        print("ensemble: the stacking step is not available yet (issue 6); skipped")
-    else:
-        print("ensemble: skipped (--no-ensemble); the stacking step (issue 6) is not available yet anyway")
     unfinished = int(counts.get("running", 0) + counts.get("pending", 0))
+    usable = int(counts.get("finished", 0) + counts.get("pruned", 0))
+    later = f"build it later with python -m ensemble.build {run_dir}"
+    if not ensemble:
+        print(f"ensemble: skipped (--no-ensemble); {later}")
+    elif unfinished:
+        print(f"ensemble: skipped (the sweep is unfinished); {later} once it is done")
+    elif not usable:
+        print("ensemble: skipped (no trial finished)")
+    elif "://" in run_dir:
+        print("ensemble: skipped (the run folder is not local); copy it and run python -m ensemble.build on the copy")
     if unfinished:
         print(f"medsweep: interrupted with {unfinished} trials unfinished; continue the sweep with --resume", file=sys.stderr)
         return 130
-    if not counts.get("finished", 0) + counts.get("pruned", 0):
+    if not usable:
         print("medsweep: no trial finished; see the error column of the leaderboard", file=sys.stderr)
+        return 1
+    if ensemble and "://" not in run_dir:
+        return _ensemble_step(run_dir)
+    return 0
+
+
+def _ensemble_step(run_dir: str) -> int:
+    """Stack the sweep's best trials into ``<run_dir>/ensemble``; the leaderboard is written already, so a
+    failure here prints one line and sets the exit status, and the sweep's results stay."""
+    from trainables._errors import cli_error_line
+
+    print(flush=True)
+    try:
+        from ensemble.build import build_ensemble
+
+        build_ensemble(run_dir)
+    except ConfigError as exc:
+        line = cli_error_line(exc, run_dir).replace("medsweep: error: ", "medsweep: error: ensemble step: ", 1)
+        print(f"{line} (the sweep's leaderboard is kept; retry with python -m ensemble.build {run_dir})", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the sweep's results must survive a failing ensemble step
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        print(
+            f"medsweep: error: ensemble step failed ({reason}); the sweep's leaderboard is kept; "
+            f"see python -m ensemble.build {run_dir} --debug",
+            file=sys.stderr,
+        )
         return 1
     return 0

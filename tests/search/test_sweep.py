@@ -111,7 +111,7 @@ def test_what_a_person_sees(sweep):
     assert "/4 " in progress[-1]
     assert any(ln.lstrip().startswith("trial_id") and "best val_auroc" in ln for ln in lines)  # the table
     assert "leaderboard.parquet" in stdout and "leaderboard.csv" in stdout
-    assert "ensemble: " in stdout and "issue 6" in stdout
+    assert "ensemble: bundle written to" in stdout
     assert "Traceback" not in stdout
 
 

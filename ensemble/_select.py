@@ -1,0 +1,433 @@
+"""Which trials join the ensemble: a sweep's top-k by its metric, and their predictions aligned by sample.
+
+Reads only what a sweep leaves in its run folder: ``leaderboard.parquet``, the resolved ``space.yaml``
+(its ``ensemble:`` section) and, per trial, the checkpoint folder with ``best.safetensors``,
+``model.json`` and the best epoch's ``predictions_val.parquet`` / ``predictions_test.parquet``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from trainables._errors import ConfigError, check_keys, did_you_mean
+
+__all__ = ["ENSEMBLE_KEYS", "EnsembleSettings", "Member", "Selection", "select_members"]
+
+# Leaderboard states whose trials left predictions of their best epoch.
+USABLE_STATUS = ("finished", "pruned")
+# What a member's folder must hold: weights and model description for the bundle, predictions for the fit.
+MEMBER_FILES = ("best.safetensors", "model.json", "predictions_val.parquet", "predictions_test.parquet")
+# Sweep metric -> the stacking's CV metric (StackingEnsemble.metric).
+_METRIC_OF_SWEEP = {"val_auroc": "auroc", "val_accuracy": "accuracy", "val_loss": "log_loss"}
+_STACKING_METRICS = ("auroc", "log_loss", "accuracy")
+
+
+@dataclass(frozen=True)
+class EnsembleSettings:
+    """The ``ensemble:`` section of a space file, validated.
+
+    Attributes:
+        top_k: members, the best trials by the sweep metric (default 5; fewer trials: all of them,
+            unless ``top_k`` was set, which then fails).
+        combiners: candidates, chosen among by k-fold CV on the validation predictions.
+        n_folds: CV folds.
+        temperature: fit a temperature on the out-of-fold predictions.
+        max_per_backbone: at most this many members per backbone (diversity); ``None``: no cap.
+        mlp_hidden: hidden units of the MLP combiner.
+        greedy_rounds: rounds of Caruana selection.
+        metric: the CV metric (``auroc``, ``log_loss``, ``accuracy``); default follows the sweep's metric.
+        seed: CV folds and the MLP's initialisation.
+        top_k_set: whether ``top_k`` was given (file or flag) rather than defaulted.
+    """
+
+    top_k: int = 5
+    combiners: tuple[str, ...] = ("mean", "logistic", "mlp", "greedy")
+    n_folds: int = 5
+    temperature: bool = True
+    max_per_backbone: int | None = None
+    mlp_hidden: int = 256
+    greedy_rounds: int = 25
+    metric: str | None = None
+    seed: int = 0
+    top_k_set: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, *, origin: str = "space.yaml", prefix: str = "ensemble") -> "EnsembleSettings":
+        from ._stacking import COMBINERS
+
+        raw = dict(raw or {})
+        check_keys(raw, ENSEMBLE_KEYS, origin=origin, prefix=prefix)
+        values: dict[str, Any] = {}
+        for key in ("top_k", "n_folds", "mlp_hidden", "greedy_rounds", "max_per_backbone", "seed"):
+            if key not in raw or (key == "max_per_backbone" and raw[key] is None):
+                continue
+            low = {"n_folds": 2, "seed": 0}.get(key, 1)
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ConfigError(f"must be an integer >= {low}, got {value!r}", origin=origin, field=f"{prefix}.{key}")
+            values[key] = int(value)
+        if "temperature" in raw:
+            if not isinstance(raw["temperature"], bool):
+                raise ConfigError(f"must be true or false, got {raw['temperature']!r}", origin=origin, field=f"{prefix}.temperature")
+            values["temperature"] = raw["temperature"]
+        if "combiners" in raw:
+            names = [raw["combiners"]] if isinstance(raw["combiners"], str) else raw["combiners"]
+            if not isinstance(names, (list, tuple)) or not names:
+                raise ConfigError(
+                    f"must be a list of combiners from {', '.join(COMBINERS)}, got {raw['combiners']!r}",
+                    origin=origin, field=f"{prefix}.combiners",
+                )
+            for name in names:
+                if name not in COMBINERS:
+                    raise ConfigError(
+                        f"Unknown combiner {name!r}{did_you_mean(str(name), COMBINERS)}; valid: {', '.join(COMBINERS)}",
+                        origin=origin, field=f"{prefix}.combiners",
+                    )
+            values["combiners"] = tuple(str(n) for n in names)
+        if raw.get("metric") is not None:
+            if raw["metric"] not in _STACKING_METRICS:
+                raise ConfigError(
+                    f"Unknown metric {raw['metric']!r}{did_you_mean(str(raw['metric']), _STACKING_METRICS)}; "
+                    f"valid: {', '.join(_STACKING_METRICS)}",
+                    origin=origin, field=f"{prefix}.metric",
+                )
+            values["metric"] = raw["metric"]
+        return cls(**values, top_k_set="top_k" in raw)
+
+    def stacking_metric(self, sweep_metric: str) -> str:
+        """The CV metric: the file's ``metric``, else the sweep's own when the stacking knows it, else AUROC."""
+        return self.metric or _METRIC_OF_SWEEP.get(sweep_metric, "auroc")
+
+
+ENSEMBLE_KEYS = tuple(f.name for f in dataclasses.fields(EnsembleSettings) if f.name != "top_k_set")
+
+
+@dataclass
+class Member:
+    """One trial of the ensemble: where its files are and its predictions, rows in the selection's order."""
+
+    trial_id: str
+    backbone: str
+    head: str
+    val_score: float  # the sweep metric at its best epoch (the leaderboard's ``best``)
+    config: dict[str, Any]
+    folder: Path  # holds MEMBER_FILES
+    model: dict[str, Any]  # model.json
+    val: np.ndarray  # (N_val, K) probabilities
+    test: np.ndarray  # (N_test, K)
+
+    @property
+    def weights(self) -> Path:
+        return self.folder / "best.safetensors"
+
+
+@dataclass
+class Selection:
+    """The members and what the stacking fits on: ``P_val`` (members, N, K), ``y_val``, and the same for test."""
+
+    run_dir: Path
+    metric: str
+    mode: str
+    settings: EnsembleSettings
+    members: list[Member]
+    task: str
+    class_names: list[str]
+    val_ids: list[str]
+    test_ids: list[str]
+    y_val: np.ndarray
+    y_test: np.ndarray
+    n_available: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def P_val(self) -> np.ndarray:
+        return np.stack([m.val for m in self.members])
+
+    @property
+    def P_test(self) -> np.ndarray:
+        return np.stack([m.test for m in self.members])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multi-label"
+
+
+def read_settings(run_dir: Path) -> tuple[dict[str, Any], EnsembleSettings]:
+    """The resolved ``space.yaml`` the sweep wrote, and its ``ensemble:`` section validated."""
+    import yaml
+
+    path = run_dir / "space.yaml"
+    if not path.is_file():
+        return {}, EnsembleSettings()
+    try:
+        space = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML ({' '.join(str(exc).split())[:160]}); rerun the sweep or fix the file", origin=str(path)) from None
+    if not isinstance(space, dict):
+        raise ConfigError("must be a mapping (a resolved space file)", origin=str(path))
+    section = space.get("ensemble") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"must be a mapping, got {type(section).__name__}", origin=str(path), field="ensemble")
+    return space, EnsembleSettings.from_dict(section, origin=str(path))
+
+
+def select_members(
+    run_dir: str | Path,
+    *,
+    top_k: int | None = None,
+    max_per_backbone: int | None = None,
+) -> Selection:
+    """The top-k trials of a finished sweep and their aligned validation and test predictions.
+
+    Args:
+        run_dir: a sweep's run folder (``runs/<name>``), holding ``leaderboard.parquet`` and ``space.yaml``.
+        top_k: members; overrides the space's ``ensemble.top_k`` (default 5).
+        max_per_backbone: at most this many members per backbone; overrides ``ensemble.max_per_backbone``.
+
+    Raises:
+        ConfigError: no leaderboard, fewer usable trials than ``top_k`` asks for, or members whose
+            predictions do not cover the same samples.
+
+    Example:
+        >>> sel = select_members("runs/cxr", top_k=3)
+        >>> sel.P_val.shape          # (members, validation samples, classes)
+        (3, 524, 2)
+    """
+    import pandas as pd
+
+    if "://" in str(run_dir):
+        raise ConfigError(
+            "the ensemble step reads a local run folder; copy it here first (e.g. `aws s3 sync`) "
+            "and run python -m ensemble.build on the copy",
+            origin=str(run_dir),
+        )
+    run_dir = Path(run_dir).expanduser().resolve()
+    board_path = run_dir / "leaderboard.parquet"
+    if not board_path.is_file():
+        what = "no such folder" if not run_dir.is_dir() else "no leaderboard.parquet in it"
+        raise ConfigError(f"not a finished sweep ({what}); run python -m search.run SPACE first, or pass its run folder", origin=str(run_dir))
+    space, settings = read_settings(run_dir)
+    if top_k is not None:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+            raise ConfigError(f"must be an integer >= 1, got {top_k!r}", field="--top-k")
+        settings = dataclasses.replace(settings, top_k=int(top_k), top_k_set=True)
+    if max_per_backbone is not None:
+        if isinstance(max_per_backbone, bool) or not isinstance(max_per_backbone, (int, np.integer)) or max_per_backbone < 1:
+            raise ConfigError(f"must be an integer >= 1, got {max_per_backbone!r}", field="--max-per-backbone")
+        settings = dataclasses.replace(settings, max_per_backbone=int(max_per_backbone))
+
+    origin = str(run_dir)
+    board = pd.read_parquet(board_path)
+    search = space.get("search") or {}
+    metric = str(search.get("metric") or (board["metric"].iloc[0] if len(board) and "metric" in board else "val_auroc"))
+    mode = str(search.get("mode") or "max")
+    notes: list[str] = []
+    candidates = []
+    for row in board.to_dict("records"):
+        if row.get("status") not in USABLE_STATUS:
+            continue
+        best = _float(row.get("best"))
+        folder = _member_folder(row, run_dir)
+        if folder is None:
+            notes.append(f"trial {row['trial_id']}: no folder with {', '.join(MEMBER_FILES)}; left out")
+            continue
+        candidates.append((row, best, folder))
+    # Best first by the sweep metric (NaN last); ties by trial id, so the choice is reproducible.
+    sign = -1.0 if mode == "max" else 1.0
+    candidates.sort(key=lambda c: (math.isnan(c[1]), sign * c[1] if not math.isnan(c[1]) else 0.0, str(c[0]["trial_id"])))
+
+    chosen, per_backbone = [], {}
+    for row, best, folder in candidates:
+        model = _read_model_json(folder)
+        backbone = str(model.get("backbone") or row.get("config/backbone"))
+        if settings.max_per_backbone is not None and per_backbone.get(backbone, 0) >= settings.max_per_backbone:
+            continue
+        per_backbone[backbone] = per_backbone.get(backbone, 0) + 1
+        chosen.append((row, best, folder, model))
+    available = len(chosen)
+    cap = f" with at most {settings.max_per_backbone} per backbone" if settings.max_per_backbone is not None else ""
+    if available == 0:
+        raise ConfigError(
+            f"no trial left predictions and weights (finished or pruned){cap}; "
+            "see the leaderboard's status and error columns",
+            origin=origin,
+        )
+    k = settings.top_k
+    if k > available:
+        if settings.top_k_set:
+            raise ConfigError(
+                f"top_k is {k} but only {available} trial(s) are available (finished or pruned, with predictions "
+                f"and weights{cap}); set top_k to at most {available} (--top-k {available})",
+                origin=origin,
+                field="--top-k" if top_k is not None else "ensemble.top_k",
+            )
+        notes.append(f"only {available} usable trial(s){cap}: the ensemble takes all of them (top_k defaults to {k})")
+        k = available
+    chosen = chosen[:k]
+
+    members: list[Member] = []
+    first = chosen[0][3]
+    task, class_names = str(first["task"]), list(first["class_names"])
+    val_ids = test_ids = None
+    y_val = y_test = None
+    for row, best, folder, model in chosen:
+        tid = str(row["trial_id"])
+        if str(model["task"]) != task or list(model["class_names"]) != class_names:
+            raise ConfigError(
+                f"trial {tid} predicts {model['task']} {model['class_names']} but trial {chosen[0][0]['trial_id']} "
+                f"predicts {task} {class_names}; ensemble members must share one data set",
+                origin=origin,
+            )
+        frames = {}
+        for split in ("val", "test"):
+            frames[split] = pd.read_parquet(folder / f"predictions_{split}.parquet")
+        if val_ids is None:
+            val_ids = _ids(frames["val"], tid, "val")
+            test_ids = _ids(frames["test"], tid, "test")
+            y_val = _labels(frames["val"], class_names, task, tid, "val")
+            y_test = _labels(frames["test"], class_names, task, tid, "test")
+        val = _aligned(frames["val"], val_ids, y_val, class_names, task, tid, str(chosen[0][0]["trial_id"]), "val")
+        test = _aligned(frames["test"], test_ids, y_test, class_names, task, tid, str(chosen[0][0]["trial_id"]), "test")
+        config = {key[len("config/"):]: _plain(v) for key, v in row.items() if key.startswith("config/") and not _missing(v)}
+        members.append(
+            Member(
+                trial_id=tid,
+                backbone=str(model["backbone"]),
+                head=str(model.get("head") or "linear"),
+                val_score=best,
+                config=config,
+                folder=folder,
+                model=model,
+                val=val,
+                test=test,
+            )
+        )
+    return Selection(
+        run_dir=run_dir,
+        metric=metric,
+        mode=mode,
+        settings=settings,
+        members=members,
+        task=task,
+        class_names=class_names,
+        val_ids=list(val_ids),
+        test_ids=list(test_ids),
+        y_val=y_val,
+        y_test=y_test,
+        n_available=available,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready value from a parquet cell (numpy scalars and arrays to Python)."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    return value
+
+
+def _rebased(path: str | None, run_dir: Path) -> Path | None:
+    """A leaderboard path as it is, or, when the run folder has moved, the same path under ``run_dir``."""
+    if not path or "://" in str(path):
+        return None
+    p = Path(path)
+    if p.exists():
+        return p
+    parts = p.parts
+    for i, part in enumerate(parts):
+        if part.startswith("trial_"):
+            return run_dir.joinpath(*parts[i:])
+    return None
+
+
+def _member_folder(row: Mapping[str, Any], run_dir: Path) -> Path | None:
+    """The trial's best checkpoint when it holds every member file, else its trial folder, else None.
+
+    Weights and predictions must come from one folder: a checkpoint's ``best.safetensors`` is the
+    epoch whose predictions lie next to it.
+    """
+    for key in ("checkpoint", "path"):
+        folder = _rebased(row.get(key), run_dir)
+        if folder is not None and all((folder / name).is_file() for name in MEMBER_FILES):
+            return folder
+    return None
+
+
+def _read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / "model.json"
+    try:
+        model = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"unreadable ({exc}); the trial's checkpoint is damaged: rerun the trial or lower top_k", origin=str(path)) from None
+    missing = [k for k in ("backbone", "num_classes", "in_chans", "image_size", "task", "class_names", "mean", "std") if k not in model]
+    if missing:
+        raise ConfigError(f"lacks {', '.join(missing)}; written by an older trainer? rerun the trial", origin=str(path))
+    return model
+
+
+def _ids(frame: Any, tid: str, split: str) -> list[str]:
+    if "sample_id" not in frame.columns:
+        raise ConfigError(f"trial {tid}: predictions_{split}.parquet has no sample_id column; rerun the trial")
+    ids = [str(v) for v in frame["sample_id"]]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"trial {tid}: predictions_{split}.parquet repeats sample ids; rerun the trial")
+    return ids
+
+
+def _labels(frame: Any, class_names: list[str], task: str, tid: str, split: str) -> np.ndarray:
+    if task == "multi-label":
+        cols = [f"label_{c}" for c in class_names]
+        missing = [c for c in cols if c not in frame.columns]
+        if missing:
+            raise ConfigError(f"trial {tid}: predictions_{split}.parquet lacks {', '.join(missing)}; rerun the trial")
+        return np.nan_to_num(frame[cols].to_numpy(dtype=float), nan=-1.0).round().astype(int)
+    if "label" not in frame.columns:
+        raise ConfigError(f"trial {tid}: predictions_{split}.parquet has no label column; rerun the trial")
+    return frame["label"].to_numpy().astype(int)
+
+
+def _aligned(frame: Any, ids: list[str], labels: np.ndarray, class_names: list[str], task: str, tid: str, ref: str, split: str) -> np.ndarray:
+    """This member's (N, K) probabilities in the order of ``ids``; errors when its samples or labels differ."""
+    cols = [f"prob_{c}" for c in class_names]
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise ConfigError(f"trial {tid}: predictions_{split}.parquet lacks {', '.join(missing)}; rerun the trial")
+    own = _ids(frame, tid, split)
+    if set(own) != set(ids):
+        only_here = len(set(own) - set(ids))
+        only_ref = len(set(ids) - set(own))
+        raise ConfigError(
+            f"trial {tid}'s {split} predictions cover other samples than trial {ref}'s ({only_here} only in {tid}, "
+            f"{only_ref} only in {ref}); members must be trained on one data split: ensemble one sweep's trials "
+            "or lower top_k"
+        )
+    frame = frame.assign(sample_id=own).set_index("sample_id").loc[ids]
+    if not np.array_equal(_labels(frame, class_names, task, tid, split), labels):
+        raise ConfigError(f"trial {tid}'s {split} labels differ from trial {ref}'s for the same samples; members must share one data set")
+    probs = frame[cols].to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all():
+        raise ConfigError(f"trial {tid}: predictions_{split}.parquet holds NaN probabilities; the trial diverged: lower top_k or rerun it")
+    return probs

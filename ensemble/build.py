@@ -1,0 +1,138 @@
+"""Build the ensemble of a finished sweep: ``python -m ensemble.build RUN_DIR [--top-k K] [--out DIR]``.
+
+Takes the sweep's top-k trials, fits the stacking combiners on their validation predictions (the
+choice among them by k-fold CV), reports the test split, and exports the bundle (default
+``RUN_DIR/ensemble``). No training: only the trials' stored predictions and weights are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from trainables._errors import ConfigError, cli_error_line
+
+from ._report import Summary, format_combiners, format_comparison, summarise
+from ._select import Selection, select_members
+
+__all__ = ["BuildResult", "build_ensemble", "main"]
+
+
+@dataclass
+class BuildResult:
+    """What ``build_ensemble`` made: the bundle folder, the members, the fitted ensemble and its numbers."""
+
+    path: Path
+    selection: Selection
+    ensemble: Any  # StackingEnsemble
+    summary: Summary
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self.summary.metrics
+
+
+def build_ensemble(
+    run_dir: str | Path,
+    *,
+    top_k: int | None = None,
+    max_per_backbone: int | None = None,
+    out: str | Path | None = None,
+    n_boot: int = 1000,
+    echo: Callable[[str], None] | None = print,
+) -> BuildResult:
+    """Select, fit, evaluate and export the stacking ensemble of the sweep in ``run_dir``.
+
+    Args:
+        run_dir: a finished sweep's folder (``leaderboard.parquet``, ``space.yaml``, the trials).
+        top_k: members; default the space's ``ensemble.top_k`` (5).
+        max_per_backbone: at most this many members per backbone.
+        out: the bundle folder; default ``run_dir/ensemble``.
+        n_boot: bootstrap resamples for the 95 % intervals.
+        echo: where the tables go (``print``); ``None`` for silence.
+
+    Raises:
+        ConfigError: not a sweep folder, too few usable trials, or members that cannot be stacked.
+
+    Example:
+        >>> result = build_ensemble("runs/cxr", top_k=3)
+        >>> result.metrics["test.ensemble.auroc"] >= result.metrics["test.best_single.auroc"]
+        True
+    """
+    from ._bundle import export_bundle
+    from ._stacking import StackingEnsemble
+
+    say = echo or (lambda _: None)
+    selection = select_members(run_dir, top_k=top_k, max_per_backbone=max_per_backbone)
+    s = selection.settings
+    for note in selection.notes:
+        say(f"ensemble: note: {note}")
+    ids = ", ".join(f"{m.trial_id} ({m.backbone}, {selection.metric} {m.val_score:.4f})" for m in selection.members)
+    say(f"ensemble: {len(selection.members)} of {selection.n_available} usable trials: {ids}")
+    ensemble = StackingEnsemble(
+        task=selection.task,
+        combiners=s.combiners,
+        n_folds=s.n_folds,
+        mlp_hidden=s.mlp_hidden,
+        greedy_rounds=s.greedy_rounds,
+        temperature=s.temperature,
+        metric=s.stacking_metric(selection.metric),
+        seed=s.seed,
+    )
+    try:
+        ensemble.fit(selection.P_val, selection.y_val)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(
+            f"cannot stack the members' validation predictions: {' '.join(str(exc).split())}; "
+            "a larger validation split helps",
+            origin=str(selection.run_dir),
+        ) from None
+    summary = summarise(selection, ensemble, n_boot=n_boot, seed=s.seed)
+    path = export_bundle(selection, ensemble, out=out, summary=summary)
+    say(f"ensemble: combiners by {ensemble.n_folds_}-fold CV on validation ({ensemble.metric}; * = chosen, "
+        f"temperature {ensemble.temperature_:.3g}):")
+    say(_indent(format_combiners(summary)))
+    say("ensemble: test split")
+    say(_indent(format_comparison(summary, task=selection.task)))
+    say(f"ensemble: bundle written to {path} (manifest.json, metrics.json, members/, report/)")
+    return BuildResult(path=path, selection=selection, ensemble=ensemble, summary=summary)
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (2 for bad input, with one line on stderr).
+
+    Example:
+        >>> main(["runs/cxr", "--top-k", "3"])
+        0
+    """
+    parser = argparse.ArgumentParser(prog="python -m ensemble.build", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished sweep's folder, e.g. runs/cxr")
+    parser.add_argument("--top-k", type=int, default=None, help="members: the best K trials (default: the space's ensemble.top_k, else 5)")
+    parser.add_argument("--max-per-backbone", type=int, default=None, help="at most this many members per backbone")
+    parser.add_argument("--out", default=None, help="the bundle folder (default RUN_DIR/ensemble)")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        if args.n_boot < 1:
+            raise ConfigError(f"must be an integer >= 1, got {args.n_boot}", field="--n-boot")
+        build_ensemble(args.run_dir, top_k=args.top_k, max_per_backbone=args.max_per_backbone, out=args.out, n_boot=args.n_boot)
+    except ConfigError as exc:
+        if args.debug:
+            raise
+        print(cli_error_line(exc, args.run_dir), file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The export is atomic: a failure mid-export leaves the previous bundle as it was and no temporary folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ensemble import StackingEnsemble, export_bundle, select_members, verify_bundle
+
+pytestmark = pytest.mark.ray  # the shared sweep starts a local Ray
+
+
+@pytest.fixture
+def fitted(sweep):
+    sel = select_members(sweep.run_dir, top_k=2)
+    ens = StackingEnsemble(task=sel.task, combiners=("mean", "greedy"), n_folds=3, temperature=False).fit(sel.P_val, sel.y_val)
+    return sel, ens
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("stage", ["report", "manifest", "rename"])
+def test_a_failure_mid_export_leaves_the_previous_bundle_intact(fitted, bundle_copy, monkeypatch, stage):
+    import ensemble._bundle as bundle_mod
+
+    sel, ens = fitted
+    before = _snapshot(bundle_copy)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"simulated failure at {stage}")
+
+    if stage == "report":
+        monkeypatch.setattr(bundle_mod, "write_report", boom)
+    elif stage == "manifest":
+        monkeypatch.setattr(bundle_mod, "build_manifest", boom)
+    else:  # the old bundle is moved aside, then renaming the new one into place fails
+        real = bundle_mod.os.replace
+        calls = []
+
+        def replace(src, dst):
+            calls.append((src, dst))
+            if len(calls) == 2:
+                raise OSError("simulated failure at rename")
+            return real(src, dst)
+
+        monkeypatch.setattr(bundle_mod.os, "replace", replace)
+    with pytest.raises((RuntimeError, OSError), match="simulated failure"):
+        export_bundle(sel, ens, out=bundle_copy, n_boot=20)
+    monkeypatch.undo()
+    assert _snapshot(bundle_copy) == before
+    verify_bundle(bundle_copy)
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"], "no temporary folder is left"
+
+
+def test_a_successful_export_replaces_the_bundle_and_leaves_nothing_else(fitted, bundle_copy):
+    sel, ens = fitted
+    export_bundle(sel, ens, out=bundle_copy, n_boot=20)
+    manifest, _ = verify_bundle(bundle_copy)
+    assert len(manifest["members"]) == 2 and manifest["combiner"]["name"] in ("mean", "greedy")
+    assert len(json.loads((bundle_copy / "metrics.json").read_text())) > 10
+    assert sorted(p.name for p in bundle_copy.parent.iterdir()) == ["bundle"]
+    # the previous bundle's extra members are gone with it
+    assert len(list((bundle_copy / "members").iterdir())) == 2
+
+
+def test_a_temporary_folder_of_a_killed_export_is_cleaned_up(fitted, bundle_copy):
+    sel, ens = fitted
+    stale = bundle_copy.parent / ".bundle.tmp-999999999"  # no such process
+    stale.mkdir()
+    (stale / "half.safetensors").write_bytes(b"x")
+    export_bundle(sel, ens, out=bundle_copy, n_boot=20)
+    assert not stale.exists()

@@ -1,0 +1,121 @@
+"""Choosing members: top-k by the sweep metric, the per-backbone cap, the ``ensemble:`` section, aligned predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ensemble import EnsembleSettings, select_members
+from trainables import ConfigError
+
+from .conftest import copy_run, run_cli
+
+
+@pytest.mark.ray
+def test_the_top_k_trials_by_the_sweep_metric_with_aligned_predictions(sweep):
+    board = pd.read_parquet(sweep.run_dir / "leaderboard.parquet")
+    usable = board[board["status"].isin(["finished", "pruned"])].sort_values(["best", "trial_id"], ascending=[False, True])
+    sel = select_members(sweep.run_dir, top_k=2)
+    assert [m.trial_id for m in sel.members] == usable["trial_id"].tolist()[:2]
+    assert sel.P_val.shape == (2, 16, 2) and sel.P_test.shape == (2, 16, 2)
+    assert sel.settings.n_folds == 3  # from the sweep's space.yaml (--set ensemble.n_folds=3)
+    # Rows follow the first member's sample order in every member.
+    second = pd.read_parquet(sel.members[1].folder / "predictions_val.parquet").set_index("sample_id").loc[sel.val_ids]
+    assert np.array_equal(sel.members[1].val, second[["prob_normal", "prob_pneumonia"]].to_numpy(dtype=float))
+    assert np.array_equal(sel.y_val, second["label"].to_numpy())
+
+
+@pytest.mark.ray
+def test_top_k_larger_than_the_available_trials_fails_with_one_line(sweep):
+    from ensemble.build import main
+
+    rc, out, err = run_cli(main, [str(sweep.run_dir), "--top-k", "9", "--out", str(sweep.run_dir / "never")])
+    assert rc == 2
+    assert len(err.strip().splitlines()) == 1 and err.startswith("medsweep: error: ")
+    assert "top_k is 9 but only 4 trial(s) are available" in err and "--top-k 4" in err
+    assert not (sweep.run_dir / "never").exists()
+
+
+@pytest.mark.ray
+def test_a_top_k_set_in_the_space_file_also_fails_when_too_large(sweep, tmp_path):
+    run = copy_run(sweep.run_dir, tmp_path / "run")
+    space = yaml.safe_load((run / "space.yaml").read_text())
+    space["ensemble"] = {"top_k": 6}
+    (run / "space.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(ConfigError, match=r"ensemble\.top_k: top_k is 6 but only 4"):
+        select_members(run)
+
+
+@pytest.mark.ray
+def test_max_per_backbone_caps_the_members(sweep):
+    sel = select_members(sweep.run_dir, max_per_backbone=1)  # every smoke trial is test_resnet
+    assert len(sel.members) == 1 and sel.n_available == 1
+    with pytest.raises(ConfigError, match="at most 1 per backbone"):
+        select_members(sweep.run_dir, top_k=2, max_per_backbone=1)
+
+
+@pytest.mark.ray
+def test_members_whose_predictions_cover_other_samples_are_refused(sweep, tmp_path):
+    run = copy_run(sweep.run_dir, tmp_path / "run")
+    sel = select_members(run, top_k=2)
+    victim = sel.members[1].folder / "predictions_val.parquet"
+    pd.read_parquet(victim).iloc[1:].to_parquet(victim, index=False)
+    with pytest.raises(ConfigError, match=f"trial {sel.members[1].trial_id}'s val predictions cover other samples"):
+        select_members(run, top_k=2)
+
+
+@pytest.mark.ray
+def test_a_moved_run_folder_is_still_found(sweep, tmp_path):
+    import shutil
+
+    run = tmp_path / "moved"
+    shutil.copytree(sweep.run_dir, run, ignore=shutil.ignore_patterns("ensemble"))
+    board = pd.read_parquet(run / "leaderboard.parquet")
+    board["checkpoint"] = [str(p).replace(str(sweep.run_dir), "/gone/smoke") for p in board["checkpoint"]]
+    board["path"] = [str(p).replace(str(sweep.run_dir), "/gone/smoke") for p in board["path"]]
+    board.to_parquet(run / "leaderboard.parquet", index=False)
+    sel = select_members(run, top_k=2)
+    assert all(str(m.folder).startswith(str(run)) for m in sel.members)
+
+
+def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
+    with pytest.raises(ConfigError, match="not a finished sweep"):
+        select_members(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        ({"top_kk": 3}, "unknown key 'top_kk'.*did you mean 'top_k'"),
+        ({"top_k": 0}, r"ensemble\.top_k: must be an integer >= 1, got 0"),
+        ({"top_k": "5"}, r"ensemble\.top_k: must be an integer"),
+        ({"n_folds": 1}, r"ensemble\.n_folds: must be an integer >= 2"),
+        ({"combiners": ["mean", "stack"]}, r"Unknown combiner 'stack'; valid: mean, greedy, logistic, mlp"),
+        ({"combiners": []}, r"ensemble\.combiners: must be a list"),
+        ({"temperature": "yes"}, r"ensemble\.temperature: must be true or false"),
+        ({"max_per_backbone": 0}, r"ensemble\.max_per_backbone: must be an integer >= 1"),
+        ({"metric": "auc"}, r"Unknown metric 'auc'.*valid: auroc, log_loss, accuracy"),
+    ],
+)
+def test_the_ensemble_section_is_checked(raw, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        EnsembleSettings.from_dict(raw, origin="space.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("space.yaml: ")
+
+
+def test_the_ensemble_section_defaults_and_values():
+    s = EnsembleSettings.from_dict({})
+    assert (s.top_k, s.combiners, s.n_folds, s.temperature, s.max_per_backbone) == (5, ("mean", "logistic", "mlp", "greedy"), 5, True, None)
+    assert not s.top_k_set and s.stacking_metric("val_auroc") == "auroc" and s.stacking_metric("val_loss") == "log_loss"
+    s = EnsembleSettings.from_dict({"top_k": 3, "combiners": "greedy", "max_per_backbone": 2, "temperature": False})
+    assert (s.top_k, s.combiners, s.max_per_backbone, s.temperature, s.top_k_set) == (3, ("greedy",), 2, False, True)
+
+
+def test_every_shipped_space_has_a_valid_ensemble_section():
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[2] / "spaces").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        EnsembleSettings.from_dict(raw.get("ensemble") or {}, origin=str(path))
