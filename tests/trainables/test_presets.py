@@ -65,7 +65,7 @@ def test_preset_runs_standalone(tmp_path, preset, tiny_multilabel):
         assert "label_effusion" in pd.read_parquet(out / "predictions_val.parquet").columns
 
 
-def _bloodmnist_as_multilabel_csv(tmp_path: Path, n: int = 600) -> str:
+def _bloodmnist_as_multilabel_csv(tmp_path: Path, n: int = 2000) -> str:
     """Real BloodMNIST images written as PNGs with one-hot label columns: the multi-label path on real pixels."""
     from PIL import Image
 
@@ -93,10 +93,14 @@ def test_preset_on_real_data(tmp_path, preset):
     else:
         data = f"{{source: medmnist, dataset: pneumoniamnist, root: {shared_npz('pneumoniamnist')}, cache_dir: {tmp_path / 'c'}}}"
     space = space_including(tmp_path, preset, data)
-    sets = ["backbone=resnet18", "pretrained=false", "image_size=28", "batch_size=64", "epochs=3", "threads=2"]
-    sets += {"cxr_ast": ["ast_start_epoch=1"], "dr_two_stage": ["freeze_epochs=1", "early_stop_patience=null"],
-             "tb_full": ["early_stop_patience=null", "lr=1e-3"], "chexpert_stack": ["accum_steps=2", "lr=1e-3"],
-             "ct_progressive": ["unfreeze_step=1", "lr=1e-3"]}[preset]
+    # From scratch (no pretrained weights here), each schedule compressed so that all of it runs:
+    # progressive unfreezing needs one epoch per stage before the whole backbone trains.
+    sets = ["backbone=resnet18", "pretrained=false", "image_size=28", "batch_size=64", "threads=2"]
+    sets += {"cxr_ast": ["epochs=3", "ast_start_epoch=1"],
+             "dr_two_stage": ["epochs=5", "freeze_epochs=1", "early_stop_patience=null"],
+             "tb_full": ["epochs=3", "early_stop_patience=null", "lr=1e-3"],
+             "chexpert_stack": ["epochs=5", "accum_steps=2", "lr=1e-3"],
+             "ct_progressive": ["epochs=8", "unfreeze_step=1", "lr=1e-3"]}[preset]
     out = tmp_path / "out"
     assert main([str(space), "--out", str(out)] + [x for v in sets for x in ("--set", v)]) == 0
     metrics = pd.read_csv(out / "metrics.csv")
