@@ -12,28 +12,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+
+from .._images import write_class_folders
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "spaces" / "smoke.yaml"
 PATH_COLUMNS = ("path", "checkpoint", "predictions_val", "predictions_test")
 
 
-def write_images(root: Path, *, n_per_class: int = 32, size: int = 32, classes=("normal", "pneumonia"), seed: int = 0) -> Path:
+def write_images(root: Path, *, n_per_class: int = 32, **kwargs) -> Path:
     """``root/<class>/*.png``: noise with a faint bright quadrant per class (learnable, not at once)."""
-    rng = np.random.default_rng(seed)
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = rng.integers(0, 120, size=(size, size)).astype(np.int32)
-            r, c = divmod(ci, 2)
-            h = size // 2
-            img[r * h : (r + 1) * h, c * h : (c + 1) * h] += 35
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(root / name / f"{i:03d}.png")
-    return root
+    return write_class_folders(root, n_per_class=n_per_class, noise=120, signal=35, **kwargs)
 
 
 def run_cli(main, argv: list[str]) -> tuple[int, str, str]:

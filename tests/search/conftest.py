@@ -4,26 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from .._images import write_class_folders
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "spaces" / "smoke.yaml"
 
 
-def write_images(root: Path, *, n_per_class: int = 24, size: int = 32, classes=("normal", "pneumonia"), seed: int = 0) -> Path:
+def write_images(root: Path, **kwargs) -> Path:
     """``root/<class>/*.png``: each class has a bright quadrant of its own, plus noise."""
-    rng = np.random.default_rng(seed)
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = rng.integers(0, 60, size=(size, size)).astype(np.uint8)
-            r, c = divmod(ci, 2)
-            h = size // 2
-            img[r * h : (r + 1) * h, c * h : (c + 1) * h] += 150
-            Image.fromarray(img).save(root / name / f"{i:03d}.png")
-    return root
+    return write_class_folders(root, **kwargs)
 
 
 @pytest.fixture(scope="package")

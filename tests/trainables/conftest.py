@@ -8,19 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from .._images import write_class_folders
 
-def write_learnable_folder(root: Path, *, n_per_class: int = 16, size: int = 32, classes=("normal", "pneumonia"), seed=0) -> Path:
-    """A single ``root/<class>/`` tree where each class has a bright blob in its own corner, plus noise."""
-    rng = np.random.default_rng(seed)
-    for ci, name in enumerate(classes):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            img = rng.integers(0, 60, size=(size, size)).astype(np.uint8)
-            r, c = divmod(ci, 2)
-            h = size // 2
-            img[r * h : (r + 1) * h, c * h : (c + 1) * h] += 150
-            Image.fromarray(img).save(root / name / f"{i:03d}.png")
-    return root
+
+def write_learnable_folder(root: Path, **kwargs) -> Path:
+    """A single ``root/<class>/`` tree, each class with a bright blob in its own corner, plus noise."""
+    return write_class_folders(root, **kwargs)
 
 
 @pytest.fixture
