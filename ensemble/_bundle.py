@@ -11,7 +11,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from trainables._errors import ConfigError
 
 from ._report import Summary, member_weights, summarise, write_report
 from ._select import Selection
+from ._stacking import _jsonable
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Bundle", "export_bundle", "load", "verify_bundle"]
 
@@ -45,27 +45,10 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _json_ready(obj: Any) -> Any:
-    """Plain JSON: numpy scalars to Python, NaN and infinities to None (JSON has neither)."""
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_ready(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, str):
-        return obj
-    return str(obj)
-
-
 def _dump(obj: Any) -> str:
-    return json.dumps(_json_ready(obj), indent=1, allow_nan=False) + "\n"
+    # NaN/inf become null and numpy types plain ones (the estimator's own sanitiser); anything else,
+    # e.g. a Path, is written as its string.
+    return json.dumps(_jsonable(obj), indent=1, allow_nan=False, default=str) + "\n"
 
 
 # ---------------------------------------------------------------- export
