@@ -145,7 +145,6 @@ def _binned_gap(confidence: np.ndarray, outcome: np.ndarray, n_bins: int) -> flo
     # bin i holds (edges[i], edges[i + 1]], as in Guo et al.'s reference code; 0 goes to the first bin
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
-    count = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=confidence, minlength=n_bins)
     out_sum = np.bincount(idx, weights=outcome, minlength=n_bins)
     return float(np.abs(out_sum - conf_sum).sum() / confidence.size)
