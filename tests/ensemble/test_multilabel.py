@@ -9,33 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import yaml
-from PIL import Image
+from .._images import write_multilabel_csv
 
 from ensemble import build_ensemble, load
 
 
 def write_multilabel(root: Path, n: int = 64) -> dict:
-    rng = np.random.default_rng(3)
-    img_dir = root / "ml"
-    img_dir.mkdir(parents=True)
-    rows = ["id,effusion,nodule"]
-    for i in range(n):
-        eff, nod = int(rng.integers(0, 2)), int(rng.integers(0, 2))
-        img = rng.integers(0, 60, size=(32, 32)).astype(np.uint8)
-        if eff:
-            img[:16] += 120
-        if nod:
-            img[:, :16] += 60
-        Image.fromarray(img).save(img_dir / f"p{i}.png")
-        rows.append(f"p{i},{eff},{'-1' if i % 9 == 0 else nod}")
-    (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    return {
-        "source": "csv", "labels_csv": str(root / "labels.csv"), "img_dir": str(img_dir),
-        "label_columns": ["effusion", "nodule"], "uncertain": "ignore",
-        "val_fraction": 0.25, "test_fraction": 0.25, "cache_dir": str(root / "cache"),
-    }
+    return write_multilabel_csv(root, n=n, seed=3, noise=60, effusion_signal=120, uncertain_every=9)
 
 
 def make_run(run: Path, data: dict, configs: list[dict]) -> Path:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from .._images import write_class_folders
+from .._images import write_class_folders, write_multilabel_csv
 
 
 def write_learnable_folder(root: Path, **kwargs) -> Path:
@@ -26,31 +24,7 @@ def tiny_data(tmp_path) -> dict:
 @pytest.fixture
 def tiny_multilabel(tmp_path) -> dict:
     """A CSV multi-label dataset with uncertain (-1) labels masked out."""
-    rng = np.random.default_rng(1)
-    img_dir = tmp_path / "ml"
-    img_dir.mkdir()
-    rows = ["id,effusion,nodule"]
-    for i in range(40):
-        eff, nod = int(rng.integers(0, 2)), int(rng.integers(0, 2))
-        img = rng.integers(0, 40, size=(32, 32)).astype(np.uint8)
-        if eff:
-            img[:16] += 180
-        if nod:
-            img[:, :16] += 60
-        Image.fromarray(img).save(img_dir / f"p{i}.png")
-        unc = "-1" if i % 7 == 0 else str(nod)
-        rows.append(f"p{i},{eff},{unc}")
-    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
-    return {
-        "source": "csv",
-        "labels_csv": str(tmp_path / "labels.csv"),
-        "img_dir": str(img_dir),
-        "label_columns": ["effusion", "nodule"],
-        "uncertain": "ignore",
-        "val_fraction": 0.25,
-        "test_fraction": 0.25,
-        "cache_dir": str(tmp_path / "cache"),
-    }
+    return write_multilabel_csv(tmp_path, n=40, seed=1, noise=40, effusion_signal=180, uncertain_every=7)
 
 
 def shared_npz(name: str) -> Path | None:

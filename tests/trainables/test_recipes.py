@@ -12,7 +12,7 @@ import torch
 from trainables import ConfigError, TrainParams, train
 from trainables._ast import ASTController
 from trainables._cache import DataConfig
-from trainables._optim import Stager, backbone_stages, create_optimizer, create_scheduler
+from trainables._optim import backbone_stages
 from trainables._train import TrainingDiverged, _Run, sample_weights
 
 from .conftest import write_learnable_folder

@@ -8,7 +8,6 @@ label and id, not only that the shapes are right.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import numpy as np
