@@ -351,7 +351,7 @@ def _plain(value: Any) -> Any:
 
 def _rebased(path: str | None, run_dir: Path) -> Path | None:
     """A leaderboard path as it is, or, when the run folder has moved, the same path under ``run_dir``."""
-    if not path or "://" in str(path):
+    if not isinstance(path, (str, Path)) or not str(path) or "://" in str(path):  # NaN: a trial with no result
         return None
     p = Path(path)
     if p.exists():

@@ -119,3 +119,21 @@ def test_every_shipped_space_has_a_valid_ensemble_section():
     for path in sorted((Path(__file__).resolve().parents[2] / "spaces").glob("*.yaml")):
         raw = yaml.safe_load(path.read_text()) or {}
         EnsembleSettings.from_dict(raw.get("ensemble") or {}, origin=str(path))
+
+
+@pytest.mark.ray
+def test_a_trial_stopped_before_its_first_result_is_passed_over(sweep, tmp_path):
+    # A time budget can end a trial before it reports: its leaderboard row has no paths (NaN), which
+    # once crashed the ensemble step at the end of a sweep.
+    import shutil
+
+    run = tmp_path / "budget"
+    shutil.copytree(sweep.run_dir, run, ignore=shutil.ignore_patterns("ensemble"))
+    board = pd.read_parquet(run / "leaderboard.parquet")
+    ghost = board.iloc[[0]].copy()
+    ghost["trial_id"], ghost["status"], ghost["epochs"], ghost["best"] = "ghost000", "pruned", 0, float("nan")
+    for col in ("checkpoint", "path", "predictions_val", "predictions_test"):
+        ghost[col] = float("nan")
+    pd.concat([board, ghost], ignore_index=True).to_parquet(run / "leaderboard.parquet", index=False)
+    sel = select_members(run, top_k=2)
+    assert "ghost000" not in [m.trial_id for m in sel.members] and len(sel.members) == 2
