@@ -484,17 +484,21 @@ class Bundle:
         groups: dict[str, list[int]] = {}
         for i, spec in enumerate(self.members):
             groups.setdefault(_input_key(spec), []).append(i)
-        for start in range(0, len(items), batch_size):
-            decoded = [_decode(img) for img in items[start : start + batch_size]]
+        # Member by member over a chunk of batches, not batch by batch over the members: alternating
+        # between models evicts each one's weights from the CPU caches (2.5x slower with resnet18s).
+        chunk = max(batch_size, 1024)
+        for c0 in range(0, len(items), chunk):
+            decoded = [_decode(img) for img in items[c0 : c0 + chunk]]
             for idx in groups.values():
-                batch = _prepare_batch(decoded, self.members[idx[0]])
+                prepared = _prepare_batch(decoded, self.members[idx[0]])
                 for i in idx:
-                    x = self._tensor(batch, i)
-                    with torch.inference_mode():
-                        p = self._probs(self.models[i](x))
-                        if tta:
-                            p = (p + self._probs(self.models[i](torch.flip(x, dims=[3])))) / 2.0
-                    out[i, start : start + len(decoded)] = p.double().cpu().numpy()
+                    for b0 in range(0, len(decoded), batch_size):
+                        x = self._tensor(prepared[b0 : b0 + batch_size], i)
+                        with torch.inference_mode():
+                            p = self._probs(self.models[i](x))
+                            if tta:
+                                p = (p + self._probs(self.models[i](torch.flip(x, dims=[3])))) / 2.0
+                        out[i, c0 + b0 : c0 + b0 + len(x)] = p.double().cpu().numpy()
         return out
 
     def _probs(self, logits):
