@@ -522,13 +522,16 @@ class Bundle:
         return self.combiner.predict_proba(self.member_proba(items, tta=tta, batch_size=batch_size))
 
     def predict(self, images: Sequence[Any], *, tta: bool = False, batch_size: int = 64) -> list[str]:
-        """The predicted class name per image; for multi-label the labels above 0.5 joined with ``;``."""
+        """The predicted class name per image (binary: at the bundle's threshold); multi-label: the labels above 0.5 joined with ``;``."""
         return self.labels_of(self.predict_proba(images, tta=tta, batch_size=batch_size))
 
     def labels_of(self, probs: np.ndarray) -> list[str]:
+        """Class names from probabilities; a binary bundle decides at its validation-chosen threshold."""
+        from ._stacking import decide
+
         if self.multilabel:
             return [";".join(c for c, p in zip(self.class_names, row) if p > 0.5) for row in probs]
-        return [self.class_names[j] for j in probs.argmax(1)]
+        return [self.class_names[j] for j in decide(np.asarray(probs), self.task, self.combiner.threshold_)]
 
 
 def _as_list(images: Any) -> list[Any]:

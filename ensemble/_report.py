@@ -62,7 +62,7 @@ def summarise(selection: Selection, ensemble: Any, *, n_boot: int = 1000, seed: 
     over the same folds, so the numbers compare).
     """
     from ._metrics import score
-    from ._stacking import _splits
+    from ._stacking import _splits, youden_threshold
 
     task, names = selection.task, selection.class_names
     y_test, y_val = selection.y_test, selection.y_val
@@ -75,6 +75,13 @@ def summarise(selection: Selection, ensemble: Any, *, n_boot: int = 1000, seed: 
     metrics["test.ensemble.auroc_ci95"] = [_num(v) for v in bootstrap_ci(test_probs, y_test, task=task, n_boot=n_boot, seed=seed)]
     member_test = {m.trial_id: evaluate(m.test, y_test, task=task, class_names=names) for m in selection.members}
     metrics.update(_flat("test.best_single", member_test[best_member.trial_id]))
+    if task == "binary":
+        # The operating point people deploy, chosen on validation only: the ensemble's from its out-of-fold
+        # predictions, the best single trial's from its own validation predictions (the same rule).
+        single_thr = youden_threshold(best_member.val[:, 1], y_val) if ensemble.threshold == "youden" else 0.5
+        for who, probs, thr in (("ensemble", test_probs, ensemble.threshold_), ("best_single", best_member.test, single_thr)):
+            metrics[f"test.{who}.threshold"] = _num(thr)
+            metrics.update(_flat(f"test.{who}.at_threshold", decision_metrics(probs, y_test, thr)))
     metrics["test.best_single.auroc_ci95"] = [
         _num(v) for v in bootstrap_ci(best_member.test, y_test, task=task, n_boot=n_boot, seed=seed)
     ]
@@ -139,6 +146,17 @@ def summarise(selection: Selection, ensemble: Any, *, n_boot: int = 1000, seed: 
     return Summary(test_probs=test_probs, metrics=metrics, best_single=best_member.trial_id, members=members, combiners=combiners)
 
 
+def decision_metrics(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict[str, float]:
+    """Binary accuracy, balanced accuracy, sensitivity and specificity when deciding at ``threshold``."""
+    from ._stacking import decide
+
+    pred, y = decide(probs, "binary", threshold), np.asarray(y).ravel()
+    pos, neg = y == 1, y == 0
+    sens = float((pred[pos] == 1).mean()) if pos.any() else math.nan
+    spec = float((pred[neg] == 0).mean()) if neg.any() else math.nan
+    return {"accuracy": float((pred == y).mean()), "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens, "specificity": spec}
+
+
 def member_weights(combiner: str, params: dict[str, Any], n_members: int) -> list[float] | None:
     """Per-member weights when the combiner has them (greedy selection), else None."""
     if combiner == "greedy" and isinstance(params, dict) and len(params.get("weights") or []) == n_members:
@@ -168,6 +186,11 @@ def format_comparison(summary: Summary, *, task: str) -> str:
         ci = m.get(f"{prefix}.auroc_ci95") or [None, None]
         cells = "".join(f"{_fmt(m.get(f'{prefix}.{k}')):>10}" for k in keys)
         lines.append(f"{label:<26}{cells}   [{_fmt(ci[0])}, {_fmt(ci[1])}]")
+    if task == "binary":
+        lines.append("at the threshold chosen on validation (Youden's J): accuracy / balanced accuracy")
+        for label, prefix in (("ensemble", "test.ensemble"), (f"best single ({summary.best_single})", "test.best_single")):
+            lines.append(f"{label:<26}threshold {_fmt(m.get(f'{prefix}.threshold'))}: "
+                         f"{_fmt(m.get(f'{prefix}.at_threshold.accuracy'))} / {_fmt(m.get(f'{prefix}.at_threshold.balanced_accuracy'))}")
     return "\n".join(lines)
 
 
@@ -283,10 +306,17 @@ def _plot_confusion(selection: Selection, summary: Summary, best: Any):
     else:
         size = max(4.0, 0.6 * len(names) + 2.5)
         fig, ax = plt.subplots(figsize=(size, size))
-        cm = confusion_matrix(selection.y_test, summary.test_probs.argmax(1), labels=list(range(len(names))))
-        _matrix(ax, cm, names, title="ensemble on the test split")
+        thr = summary.metrics.get("test.ensemble.threshold")
+        cm = confusion_matrix(selection.y_test, _decisions(summary.test_probs, selection.task, thr), labels=list(range(len(names))))
+        _matrix(ax, cm, names, title="ensemble on the test split" + (f" (threshold {thr:.3g})" if thr is not None else ""))
     fig.tight_layout()
     return fig
+
+
+def _decisions(probs: np.ndarray, task: str, threshold: float | None) -> np.ndarray:
+    from ._stacking import decide
+
+    return decide(probs, task, threshold)
 
 
 def _matrix(ax: Any, cm: np.ndarray, labels: list[str], *, title: str) -> None:
@@ -345,8 +375,11 @@ def _classification_report(selection: Selection, summary: Summary, best: Any) ->
 
     names = selection.class_names
     parts = []
-    for label, probs in (("ensemble", summary.test_probs), (f"best single member ({best.trial_id})", best.test)):
-        parts.append(f"{label}, test split ({len(selection.test_ids)} samples)")
+    m = summary.metrics
+    for label, probs, thr in (("ensemble", summary.test_probs, m.get("test.ensemble.threshold")),
+                              (f"best single member ({best.trial_id})", best.test, m.get("test.best_single.threshold"))):
+        at = f", deciding at the validation-chosen threshold {thr:.4g}" if thr is not None else ""
+        parts.append(f"{label}, test split ({len(selection.test_ids)} samples){at}")
         if selection.multilabel:
             for j, c in enumerate(names):
                 known, truth = _truth(selection, j)
@@ -354,5 +387,5 @@ def _classification_report(selection: Selection, summary: Summary, best: Any) ->
                 parts.append(f"label {c} (threshold 0.5, {int((~known).sum())} masked)")
                 parts.append(classification_report(truth[known], pred, labels=[0, 1], target_names=["negative", "positive"], digits=4, zero_division=0))
         else:
-            parts.append(classification_report(selection.y_test, probs.argmax(1), labels=list(range(len(names))), target_names=names, digits=4, zero_division=0))
+            parts.append(classification_report(selection.y_test, _decisions(probs, selection.task, thr), labels=list(range(len(names))), target_names=names, digits=4, zero_division=0))
     return "\n".join(parts)

@@ -44,6 +44,7 @@ class EnsembleSettings:
         greedy_rounds: rounds of Caruana selection.
         metric: the CV metric (``auroc``, ``log_loss``, ``accuracy``); default follows the sweep's metric.
         seed: CV folds and the MLP's initialisation.
+        threshold: binary tasks' operating point: ``youden`` (chosen on validation) or ``argmax`` (0.5).
         top_k_set: whether ``top_k`` was given (file or flag) rather than defaulted.
     """
 
@@ -56,11 +57,12 @@ class EnsembleSettings:
     greedy_rounds: int = 25
     metric: str | None = None
     seed: int = 0
+    threshold: str = "youden"
     top_k_set: bool = False
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, *, origin: str = "space.yaml", prefix: str = "ensemble") -> "EnsembleSettings":
-        from ._stacking import COMBINERS
+        from ._stacking import COMBINERS, THRESHOLDS
 
         raw = dict(raw or {})
         check_keys(raw, ENSEMBLE_KEYS, origin=origin, prefix=prefix)
@@ -91,6 +93,14 @@ class EnsembleSettings:
                         origin=origin, field=f"{prefix}.combiners",
                     )
             values["combiners"] = tuple(str(n) for n in names)
+        if "threshold" in raw:
+            if raw["threshold"] not in THRESHOLDS:
+                raise ConfigError(
+                    f"Unknown threshold {raw['threshold']!r}{did_you_mean(str(raw['threshold']), THRESHOLDS)}; "
+                    f"valid: {', '.join(THRESHOLDS)}",
+                    origin=origin, field=f"{prefix}.threshold",
+                )
+            values["threshold"] = raw["threshold"]
         if raw.get("metric") is not None:
             if raw["metric"] not in _STACKING_METRICS:
                 raise ConfigError(

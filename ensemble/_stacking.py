@@ -21,6 +21,7 @@ __all__ = ["COMBINERS", "StackingEnsemble"]
 
 # Simplicity order: a tie in CV score goes to the earlier one.
 COMBINERS = ("mean", "greedy", "logistic", "mlp")
+THRESHOLDS = ("youden", "argmax")
 METRICS = ("auroc", "log_loss", "accuracy")
 FORMAT = 1
 
@@ -59,10 +60,14 @@ class StackingEnsemble:
         temperature: fit one temperature on the chosen combiner's out-of-fold predictions.
         metric: ``auroc`` (macro), ``log_loss`` or ``accuracy``; the CV choice and greedy selection use it.
         seed: folds and the MLP's initialisation.
+        threshold: binary tasks' operating point. ``youden`` picks the probability cut that maximises
+            sensitivity + specificity (balanced accuracy) on the out-of-fold predictions, which holds up
+            when the class mix of new data differs from validation's; ``argmax`` keeps 0.5.
 
     Fitted attributes: ``combiner_``, ``settings_`` (its grid point), ``params_`` (its fitted parameters,
     JSON-ready), ``temperature_`` (1.0 when off), ``cv_scores_`` (combiner -> best mean CV score),
-    ``cv_table_`` (one row per combiner and setting), ``n_folds_``, ``n_members_``, ``n_classes_``.
+    ``cv_table_`` (one row per combiner and setting), ``n_folds_``, ``n_members_``, ``n_classes_``,
+    ``threshold_`` (binary: the positive-class probability from which :meth:`predict` says positive; else None).
 
     Example:
         >>> ens = StackingEnsemble(task="binary").fit(P_val, y_val)      # P_val: (members, N, 2)
@@ -81,6 +86,7 @@ class StackingEnsemble:
         temperature: bool = True,
         metric: str = "auroc",
         seed: int = 0,
+        threshold: str = "youden",
     ) -> None:
         self.task = task
         self.combiners = combiners
@@ -90,6 +96,7 @@ class StackingEnsemble:
         self.temperature = temperature
         self.metric = metric
         self.seed = seed
+        self.threshold = threshold
 
     # ------------------------------------------------------------ options
 
@@ -114,6 +121,11 @@ class StackingEnsemble:
                 raise ConfigError(f"must be an integer >= {low}, got {value!r}", field=field)
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ConfigError(f"must be an integer, got {self.seed!r}", field="seed")
+        if self.threshold not in THRESHOLDS:
+            raise ConfigError(
+                f"Unknown threshold {self.threshold!r}{did_you_mean(str(self.threshold), THRESHOLDS)}; valid: {', '.join(THRESHOLDS)}",
+                field="threshold",
+            )
         if not isinstance(self.temperature, (bool, np.bool_)):
             raise ConfigError(f"must be true or false, got {self.temperature!r}", field="temperature")
         return [c for c in COMBINERS if c in names]  # simplicity order, duplicates dropped
@@ -203,6 +215,10 @@ class StackingEnsemble:
         self.n_members_, self.n_classes_ = m, k
         # Fitted on out-of-fold predictions, so the temperature corrects what the combiner does on unseen rows.
         self.temperature_ = _fit_temperature(_normalise(oof[pick], self.task), y, self.task) if self.temperature else 1.0
+        self.threshold_ = None
+        if self.task == "binary":
+            oof_probs = _apply_temperature(_normalise(oof[pick], self.task), self.temperature_, self.task)
+            self.threshold_ = youden_threshold(oof_probs[:, 1], y) if self.threshold == "youden" else 0.5
         return self
 
     # ------------------------------------------------------------ predict
@@ -216,6 +232,10 @@ class StackingEnsemble:
         P = self._check_P(P, self.n_members_, self.n_classes_)
         probs = _normalise(_combine(self.combiner_, self.params_, P, self.task), self.task)
         return _apply_temperature(probs, self.temperature_, self.task)
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        """Class indices ``(N,)`` (binary: at ``threshold_``), or ``(N, K)`` 0/1 labels above 0.5 for multi-label."""
+        return decide(self.predict_proba(P), self.task, getattr(self, "threshold_", None))
 
     # ------------------------------------------------------------ (de)serialisation
 
@@ -234,6 +254,7 @@ class StackingEnsemble:
                 "settings": self.settings_,
                 "params": self.params_,
                 "temperature": float(self.temperature_),
+                "threshold": None if self.threshold_ is None else float(self.threshold_),
                 "metric": self.metric,
                 "n_folds": int(self.n_folds_),
                 "cv_scores": self.cv_scores_,
@@ -246,6 +267,7 @@ class StackingEnsemble:
                     "temperature": bool(self.temperature),
                     "metric": self.metric,
                     "seed": int(self.seed),
+                    "threshold": self.threshold,
                 },
             }
         )
@@ -264,7 +286,7 @@ class StackingEnsemble:
         if d["combiner"] not in COMBINERS:
             raise ConfigError(f"Unknown combiner {d['combiner']!r}; valid: {', '.join(COMBINERS)}", field="combiner")
         options = dict(d.get("options") or {})
-        ens = cls(task=task, **{key: options[key] for key in ("combiners", "n_folds", "mlp_hidden", "greedy_rounds", "temperature", "metric", "seed") if key in options})
+        ens = cls(task=task, **{key: options[key] for key in ("combiners", "n_folds", "mlp_hidden", "greedy_rounds", "temperature", "metric", "seed", "threshold") if key in options})
         ens.combiner_ = d["combiner"]
         ens.settings_ = dict(d.get("settings") or {})
         ens.params_ = d["params"]
@@ -272,6 +294,11 @@ class StackingEnsemble:
         ens.temperature_ = float(d["temperature"])
         if not (math.isfinite(ens.temperature_) and ens.temperature_ > 0):
             raise ValueError(f"temperature must be a positive number; got {d['temperature']!r}")
+        thr = d.get("threshold")
+        if thr is not None and not (isinstance(thr, (int, float)) and 0.0 <= float(thr) <= 1.0):
+            raise ValueError(f"threshold must be a probability in [0, 1] or null; got {thr!r}")
+        # Bundles written before thresholds existed decided at 0.5.
+        ens.threshold_ = (float(thr) if thr is not None else 0.5) if task == "binary" else None
         ens.n_folds_ = int(d.get("n_folds", options.get("n_folds", 0)))
         ens.cv_scores_ = {k: (math.nan if v is None else float(v)) for k, v in (d.get("cv_scores") or {}).items()}
         ens.cv_table_ = list(d.get("cv_table") or [])
@@ -288,6 +315,35 @@ class StackingEnsemble:
     def __repr__(self) -> str:
         fitted = f", combiner_={self.combiner_!r}" if hasattr(self, "combiner_") else ""
         return f"StackingEnsemble(task={self.task!r}, combiners={tuple(self.combiners) if not isinstance(self.combiners, str) else self.combiners!r}{fitted})"
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def youden_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+    """The cut on positive-class ``scores`` that maximises Youden's J (sensitivity + specificity - 1).
+
+    Among ties, the one closest to 0.5; 0.5 itself when ``y`` holds a single class.
+    """
+    from sklearn.metrics import roc_curve
+
+    y = np.asarray(y).ravel()
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, cuts = roc_curve(y, scores)
+    j = tpr - fpr
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    cut = cuts[best[np.argmin(np.abs(np.clip(cuts[best], 0.0, 1.0) - 0.5))]]
+    return float(np.clip(cut, 0.0, 1.0))
+
+
+def decide(probs: np.ndarray, task: str, threshold: float | None) -> np.ndarray:
+    """Decisions from probabilities: binary at ``threshold`` (None: 0.5), multi-class argmax, multi-label > 0.5."""
+    if task == "multi-label":
+        return (probs > 0.5).astype(int)
+    if task == "binary":
+        return (probs[:, 1] >= (0.5 if threshold is None else threshold)).astype(int)
+    return probs.argmax(1)
 
 
 # ---------------------------------------------------------------- folds

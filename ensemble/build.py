@@ -81,6 +81,7 @@ def build_ensemble(
         temperature=s.temperature,
         metric=s.stacking_metric(selection.metric),
         seed=s.seed,
+        threshold=s.threshold,
     )
     try:
         ensemble.fit(selection.P_val, selection.y_val)

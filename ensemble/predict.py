@@ -98,7 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(out, index=False, float_format="%.6g")
-        print(f"[medsweep] {len(frame)} predictions written to {out}")
+        thr = getattr(bundle.combiner, "threshold_", None)
+        at = f" ({bundle.class_names[1]} when its probability >= {thr:.4g}, the threshold chosen on validation)" if thr is not None else ""
+        print(f"[medsweep] {len(frame)} predictions written to {out}{at}")
     else:
         frame.to_csv(sys.stdout, index=False, float_format="%.6g")
     return 0

@@ -58,8 +58,11 @@ def test_predict_on_a_folder_of_pngs_writes_one_row_per_image(sweep, tmp_path):
     assert sorted(frame["path"]) == pngs and len(frame) == 64
     assert np.allclose(frame[["prob_normal", "prob_pneumonia"]].sum(1), 1.0, atol=1e-5)
     assert set(frame["predicted"]) <= {"normal", "pneumonia"}
-    assert (frame["predicted"] == np.where(frame["prob_pneumonia"] > frame["prob_normal"], "pneumonia", "normal")).all()
-    assert f"64 predictions written to {out_csv}" in out
+    # A binary bundle decides at the threshold its ensemble chose on validation, not at 0.5.
+    thr = json.loads((sweep.bundle / "manifest.json").read_text())["combiner"]["state"]["threshold"]
+    assert 0.0 <= thr <= 1.0
+    assert (frame["predicted"] == np.where(frame["prob_pneumonia"] >= thr, "pneumonia", "normal")).all()
+    assert f"64 predictions written to {out_csv}" in out and f"probability >= {thr:.4g}" in out
 
 
 def test_predict_takes_a_csv_of_paths_and_prints_without_out(sweep, tmp_path):

@@ -97,6 +97,7 @@ def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
         ({"temperature": "yes"}, r"ensemble\.temperature: must be true or false"),
         ({"max_per_backbone": 0}, r"ensemble\.max_per_backbone: must be an integer >= 1"),
         ({"metric": "auc"}, r"Unknown metric 'auc'.*valid: auroc, log_loss, accuracy"),
+        ({"threshold": "best"}, r"ensemble\.threshold: Unknown threshold 'best'; valid: youden, argmax"),
     ],
 )
 def test_the_ensemble_section_is_checked(raw, match):

@@ -147,6 +147,7 @@ def test_folds_shrink_to_the_rarest_class():
         ({"metric": "auc"}, "Unknown metric 'auc'"),
         ({"n_folds": 1}, "n_folds: must be an integer >= 2"),
         ({"greedy_rounds": 0}, "greedy_rounds"),
+        ({"threshold": "youdens"}, "Unknown threshold 'youdens'.*did you mean 'youden'"),
     ],
 )
 def test_bad_options_raise_config_error(options, match):
@@ -350,3 +351,38 @@ def test_to_dict_has_no_nan():
     d = StackingEnsemble(task="multi-label", combiners=("mean",), n_folds=5).fit(P, y).to_dict()
     json.dumps(d, allow_nan=False)
     assert all(v is None or math.isfinite(v) for row in d["cv_table"] for v in row["fold_scores"])
+
+
+def test_youden_threshold_separates_where_sensitivity_plus_specificity_peaks():
+    # Negatives score in [0.0, 0.6], positives in [0.7, 1.0]: every cut in (0.6, 0.7] separates them;
+    # the rule takes the one nearest 0.5 among the ties, i.e. the lowest positive score.
+    y = np.array([0] * 7 + [1] * 4)
+    scores = np.array([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert stacking.youden_threshold(scores, y) == pytest.approx(0.7)
+    assert stacking.youden_threshold(scores, np.ones_like(y)) == 0.5  # one class: no curve
+
+
+def test_binary_threshold_is_chosen_on_out_of_fold_predictions_and_survives_json():
+    # Members that score every sample high (shifted towards the positive class): at 0.5 nearly all is
+    # "positive"; the validation-chosen cut restores balanced decisions.
+    rng = np.random.default_rng(3)
+    y = np.array([0] * 150 + [1] * 450)
+    z = np.where(y == 1, 2.0, -2.0)[None, :] + rng.normal(size=(3, len(y))) + 0.0
+    P = np.stack([1 - _sigmoid(z), _sigmoid(z)], -1)
+    ens = StackingEnsemble(task="binary", combiners=("mean",), temperature=False).fit(P, y)
+    assert 0.0 < ens.threshold_ < 1.0
+    probs = ens.predict_proba(P)
+    np.testing.assert_array_equal(ens.predict(P), (probs[:, 1] >= ens.threshold_).astype(int))
+    balanced = lambda pred: ((pred[y == 1] == 1).mean() + (pred[y == 0] == 0).mean()) / 2  # noqa: E731
+    assert balanced(ens.predict(P)) >= balanced((probs[:, 1] >= 0.5).astype(int))
+    back = StackingEnsemble.from_dict(json.loads(json.dumps(ens.to_dict())))
+    assert back.threshold_ == pytest.approx(ens.threshold_)
+    np.testing.assert_array_equal(back.predict(P), ens.predict(P))
+    assert StackingEnsemble(task="binary", combiners=("mean",), threshold="argmax").fit(P, y).threshold_ == 0.5
+
+
+def test_only_binary_tasks_get_a_threshold():
+    P, y = single_label(90, 3, [2.0, 2.0], seed=4)
+    ens = StackingEnsemble(task="multi-class", combiners=("mean",)).fit(P, y)
+    assert ens.threshold_ is None
+    np.testing.assert_array_equal(ens.predict(P), ens.predict_proba(P).argmax(1))
