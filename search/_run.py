@@ -209,10 +209,10 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
     try:
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(**kwargs)
+        # Without --address (or RAY_ADDRESS) a sweep gets a Ray of its own: a bare ray.init() would join
+        # whatever cluster `ray start` last left in /tmp/ray, e.g. another user's, and die with its nodes.
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, **kwargs)
     except ConnectionError as exc:
         raise ConfigError(
             f"no Ray cluster at {address!r} ({' '.join(str(exc).split())[:200]}); start one with `ray start --head` "

@@ -147,3 +147,27 @@ def test_shipped_smoke_space_is_small():
     assert space.search.n_trials == 4 and space.search.scheduler.max_t == 2
     assert space.fixed["backbone"] == "test_resnet" and set(space.params) == {"lr", "batch_size"}
     assert Path(space.origin) == SMOKE
+
+
+@pytest.mark.parametrize(
+    "flag, env, expected",
+    [
+        (None, None, "local"),  # never a cluster that `ray start` left behind on this machine
+        (None, "10.0.0.5:6379", "10.0.0.5:6379"),
+        ("ray://head:10001", "10.0.0.5:6379", "ray://head:10001"),
+    ],
+)
+def test_ray_is_joined_only_where_asked(monkeypatch, flag, env, expected):
+    import ray
+
+    from search._run import _init_ray
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    if env is None:
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", env)
+    assert _init_ray(flag, verbose=False) is True
+    assert seen["address"] == expected
