@@ -1,13 +1,21 @@
-"""Training throughput of the trainable's epoch against a bare hand-written PyTorch loop.
+"""Overheads, measured side by side in one run.
 
-Same model, data, batch size and thread count, measured side by side and interleaved
-(bare, trainable, bare, trainable, ...) so that machine drift hits both equally.
+    trainable  the trainable's epoch against a bare hand-written PyTorch loop, interleaved
+               (bare, trainable, bare, ...) so machine drift hits both. Target: ratio >= 0.90.
+    pipeline   the data pipeline alone (cache read, augmentation at each level, uint8 -> float) against
+               training speed: at 28 px the loader must never be the bottleneck (ratio > 1 at every level).
+    ray        a small sweep through ``python -m search.run``: its wall time against the sum of the
+               trials' own times divided by the concurrency. Target: at most 1.15.
+    bundle     that sweep's exported ensemble: images/s of ``Bundle.predict_proba`` against the sum of its
+               members run alone (the time of running each member by itself, added up).
+    gpu        only where CUDA is available: resnet50 at 224 px with AMP, the trainable against the raw
+               model's forward+backward, and the total images/s of 1, 2 and 4 trials sharing the GPU.
 
-    python bench/throughput.py            # full: PneumoniaMNIST train split, 3 rounds
-    python bench/throughput.py --quick    # CI: 768 images, 2 rounds
+    python bench/throughput.py                      # full: PneumoniaMNIST, every part
+    python bench/throughput.py --quick              # CI: a few hundred images, every part small
+    python bench/throughput.py --parts trainable    # one part
 
 Prints the figures and writes them to bench/out/throughput.json (``--out`` to change).
-Target: ratio (trainable / bare) >= 0.90.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -69,18 +78,12 @@ def bare_epoch(model, opt, x_all, y_all, batch_size: int, rng) -> float:
     return seen / (time.perf_counter() - t0)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small subset, for CI")
-    parser.add_argument("--synthetic", action="store_true", help="use generated data even when the real file is there")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "throughput.json"))
-    args = parser.parse_args(argv)
-    rounds = args.rounds or (2 if args.quick else 3)
 
+PARTS = ("trainable", "pipeline", "ray", "bundle", "gpu")
+LEVELS = ("none", "simple", "enhanced", "advanced")
+
+
+def part_trainable(args, tmp: Path, rounds: int) -> dict:
     import torch
 
     from trainables._cache import DataConfig
@@ -88,55 +91,293 @@ def main(argv=None) -> int:
     from trainables._params import TrainParams
     from trainables._train import _Run
 
+    data = DataConfig.from_dict(data_dict(args, tmp))
+    params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=rounds, image_size=28)
+    run = _Run(params, data, tmp / "trial", tune=False, resume=False, config={})
+    if args.quick:  # trim the split in place: both loops see the same 768 images
+        sp = run.ds.splits["train"]
+        sp.images, sp.labels, sp.ids = sp.images[:768], sp.labels[:768], sp.ids[:768]
+    sp = run.ds.splits["train"]
+    x_all = (torch.from_numpy(np.asarray(sp.images)).permute(0, 3, 1, 2).float() * run.scale + run.shift).contiguous()
+    y_all = torch.from_numpy(sp.labels).long()
+    torch.manual_seed(0)
+    bare_model = create_model(args.backbone, num_classes=run.ds.num_classes, in_chans=run.ds.channels)
+    bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    # One warm-up epoch each (allocator, oneDNN kernel selection) that is not counted.
+    bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng)
+    run._train_epoch()
+    bare, ours = [], []
+    for _ in range(rounds):
+        bare.append(bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng))
+        ours.append(run._train_epoch()["train_images_per_s"])
+    res = {
+        "backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads,
+        "images_per_epoch": int(len(y_all)), "rounds": rounds,
+        "bare_images_per_s": [round(v, 1) for v in bare], "trainable_images_per_s": [round(v, 1) for v in ours],
+        "bare_median": round(statistics.median(bare), 1), "trainable_median": round(statistics.median(ours), 1),
+        "ratio": round(statistics.median(ours) / statistics.median(bare), 3), "target_ratio": 0.90,
+    }
+    print(f"trainable: bare {res['bare_median']} img/s, trainable {res['trainable_median']} img/s, "
+          f"ratio {res['ratio']} (target >= 0.90)", flush=True)
+    return res
+
+
+def part_pipeline(args, tmp: Path, rounds: int, train_speed: float | None) -> dict:
+    """Everything the trainer does to a batch before the model sees it, with no model, at each level."""
+    import torch
+
+    from trainables._augment import build_augment
+    from trainables._cache import DataConfig
+    from trainables._params import TrainParams
+    from trainables._train import _Run
+
+    data = DataConfig.from_dict(data_dict(args, tmp))
+    params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=1, image_size=28)
+    run = _Run(params, data, tmp / "pipeline", tune=False, resume=False, config={})
+    if args.quick:
+        sp = run.ds.splits["train"]
+        sp.images, sp.labels, sp.ids = sp.images[:768], sp.labels[:768], sp.ids[:768]
+    n = len(run.ds.splits["train"])
+    rows = {}
+    for level in LEVELS:
+        run.augment = build_augment(level, image_size=run.ds.image_size, seed=0)
+        speeds = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            seen = 0
+            for x, y in run._train_batches():
+                run._to_input(x), run._target(y)
+                seen += len(y)
+            speeds.append(seen / (time.perf_counter() - t0))
+        med = statistics.median(speeds)
+        rows[level] = {"images_per_s": round(med, 1),
+                       "vs_training": round(med / train_speed, 1) if train_speed else None}
+        print(f"pipeline: {level:<9} {med:>10.0f} img/s"
+              + (f" = {med / train_speed:.1f}x training ({train_speed:.0f} img/s)" if train_speed else ""), flush=True)
+    return {"images": n, "threads": torch.get_num_threads(), "training_images_per_s": train_speed, "levels": rows}
+
+
+def part_ray(args, tmp: Path) -> dict:
+    """A sweep of equal trials (random sampler, FIFO, no time budget): wall against the trials' own time."""
+    import re
+
+    import pandas as pd
+
+    root = Path(data_dict(args, tmp)["root"])
+    if args.quick:
+        sys.path.insert(0, str(ROOT / "bench"))
+        from quality import subsample
+
+        subsample(root / "pneumoniamnist.npz", tmp / "ray-data" / "pneumoniamnist.npz", 0.1)
+        root = tmp / "ray-data"
+    n_trials, epochs = (4, 1) if args.quick else (6, 2)
+    sets = [f"data.root={root}", f"search.n_trials={n_trials}", f"epochs={epochs}", "backbone=resnet18",
+            "search.sampler.type=random", "search.scheduler=fifo", "search.time_budget_s=null", "ensemble.top_k=3",
+            "activation_rate=1.0", "unfreeze_epoch=0"]
+    cmd = [sys.executable, "-m", "search.run", "spaces/cxr.yaml", "--out", str(tmp / "ray-runs")]
+    for s in sets:
+        cmd += ["--set", s]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    process_wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"bench/throughput.py: ray part: search.run exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    m = re.search(r"sweep \S+ done in (\d+(?:\.\d+)?)s", proc.stdout)
+    sweep_wall = float(m.group(1))
+    run_dir = tmp / "ray-runs" / "cxr"
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    concurrency = 2
+    trial_sum = float(board["wall_s"].sum())
+    ideal = trial_sum / concurrency
+    res = {"n_trials": n_trials, "epochs": epochs, "concurrency": concurrency, "sweep_wall_s": sweep_wall,
+           "process_wall_s": round(process_wall, 1), "sum_trial_s": round(trial_sum, 1), "ideal_s": round(ideal, 1),
+           "ratio": round(sweep_wall / ideal, 3), "ratio_with_startup_and_ensemble": round(process_wall / ideal, 3),
+           "target_ratio": 1.15, "command": "python " + " ".join(cmd[1:]), "run_dir": str(run_dir)}
+    print(f"ray: sweep {sweep_wall:.0f} s vs sum of trials / {concurrency} = {ideal:.1f} s: ratio {res['ratio']} "
+          f"(target <= 1.15); whole command incl. Ray start-up and the ensemble step: {process_wall:.0f} s", flush=True)
+    return res
+
+
+def part_bundle(args, bundle_dir: Path, tmp: Path, rounds: int) -> dict:
+    """The exported ensemble against the sum of its members run alone, on the test images."""
+    import torch
+
+    from ensemble import load
+    from ensemble._bundle import _prepare_batch
+
+    bundle = load(bundle_dir, device="cpu")
+    with np.load(Path(data_dict(args, tmp)["root"]) / "pneumoniamnist.npz") as z:
+        images = list(z["test_images"][: (256 if args.quick else None)])
+    n, bs = len(images), 64
+
+    def member_alone(i: int) -> float:
+        spec, model = bundle.members[i], bundle.models[i]
+        t0 = time.perf_counter()
+        for b in range(0, n, bs):
+            batch = _prepare_batch([np.asarray(img) for img in images[b : b + bs]], spec)
+            with torch.inference_mode():
+                torch.softmax(model(bundle._tensor(batch, i)).float(), 1)
+        return time.perf_counter() - t0
+
+    bundle.predict_proba(images[:bs])  # warm-up
+    for i in range(len(bundle.models)):
+        member_alone(i)
+    ens, alone = [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        bundle.predict_proba(images, batch_size=bs)
+        ens.append(time.perf_counter() - t0)
+        alone.append(sum(member_alone(i) for i in range(len(bundle.models))))
+    t_ens, t_alone = statistics.median(ens), statistics.median(alone)
+    res = {"members": [m["backbone"] for m in bundle.members], "combiner": bundle.combiner.combiner_, "images": n,
+           "bundle_images_per_s": round(n / t_ens, 1), "members_alone_images_per_s": round(n / t_alone, 1),
+           "ratio": round(t_alone / t_ens, 3)}
+    print(f"bundle: {len(bundle.models)} members ({', '.join(res['members'])}), {res['combiner']}: "
+          f"{res['bundle_images_per_s']} img/s vs members alone, added up, {res['members_alone_images_per_s']} img/s: "
+          f"ratio {res['ratio']}", flush=True)
+    return res
+
+
+def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: int, rounds: int, tmp: Path) -> dict:
+    """AMP training at ``image_size`` on ``device``: trainable vs raw forward+backward, then 1/2/4 trials at once."""
+    import torch
+
+    from trainables._cache import DataConfig
+    from trainables._model import create_model
+    from trainables._params import TrainParams
+    from trainables._train import _Run
+
+    n = batch_size * (4 if args.quick else 24)
+    rng = np.random.default_rng(0)
+    (tmp / "gpu").mkdir(exist_ok=True)
+    arrays = {}
+    for split, m in (("train", n), ("val", batch_size), ("test", batch_size)):
+        arrays[f"{split}_labels"] = rng.integers(0, 2, size=(m, 1))
+        arrays[f"{split}_images"] = rng.integers(0, 255, size=(m, image_size, image_size), dtype=np.uint8)
+    np.savez(tmp / "gpu" / "pneumoniamnist.npz", **arrays)
+    data_raw = {"source": "medmnist", "dataset": "pneumoniamnist", "root": str(tmp / "gpu"), "size": 28,
+                "cache_dir": str(tmp / "gpu-cache"), "download": False}
+    params = TrainParams(backbone=backbone, batch_size=batch_size, epochs=rounds + 1, image_size=image_size, amp=True,
+                         threads=args.threads)
+    run = _Run(params, DataConfig.from_dict(data_raw), tmp / "gpu-trial", tune=False, resume=False, config={})
+
+    model = create_model(backbone, num_classes=2, in_chans=1).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch_size, 1, image_size, image_size, device=device)
+    y = torch.randint(0, 2, (batch_size,), device=device)
+    scaler = torch.amp.GradScaler(device, enabled=device == "cuda")
+
+    def raw_epoch() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n // batch_size):
+            with torch.autocast(device_type=device, dtype=torch.float16 if device == "cuda" else torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - t0)
+
+    raw_epoch(), run._train_epoch()
+    raw, ours = [], []
+    for _ in range(rounds):
+        raw.append(raw_epoch())
+        ours.append(run._train_epoch()["train_images_per_s"])
+    res = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "backbone": backbone,
+           "image_size": image_size, "batch_size": batch_size, "amp": True,
+           "raw_images_per_s": round(statistics.median(raw), 1), "trainable_images_per_s": round(statistics.median(ours), 1)}
+    res["ratio"] = round(res["trainable_images_per_s"] / res["raw_images_per_s"], 3)
+    print(f"gpu: {res['device']}, {backbone} {image_size} px AMP: raw {res['raw_images_per_s']} img/s, "
+          f"trainable {res['trainable_images_per_s']} img/s, ratio {res['ratio']}", flush=True)
+    del run, model, opt
+
+    # Several trials on one device: separate processes, as Tune runs them with fractional GPUs.
+    sharing = {}
+    for k in ((1, 2) if args.quick else (1, 2, 4)):
+        code = (
+            "import sys, json; sys.path.insert(0, %r); from pathlib import Path; "
+            "from trainables._cache import DataConfig; from trainables._params import TrainParams; "
+            "from trainables._train import _Run; "
+            "r = _Run(TrainParams(**json.loads(sys.argv[1])), DataConfig.from_dict(json.loads(sys.argv[2])), "
+            "Path(sys.argv[3]), tune=False, resume=False, config={}); r._train_epoch(); "
+            "print('IPS', max(r._train_epoch()['train_images_per_s'] for _ in range(%d)))"
+        ) % (str(ROOT), rounds)
+        p_json = json.dumps({"backbone": backbone, "batch_size": batch_size, "epochs": rounds + 1,
+                             "image_size": image_size, "amp": True, "threads": max(1, args.threads // k)})
+        procs = [subprocess.Popen([sys.executable, "-c", code, p_json, json.dumps(data_raw), str(tmp / f"share{k}-{j}")],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for j in range(k)]
+        speeds = []
+        for pr in procs:
+            out, err = pr.communicate()
+            if pr.returncode != 0:
+                raise SystemExit(f"bench/throughput.py: gpu sharing ({k} trials) failed:\n{err[-2000:]}")
+            speeds.append(float(out.rsplit("IPS", 1)[1]))
+        sharing[str(k)] = {"per_trial": [round(v, 1) for v in speeds], "total": round(sum(speeds), 1)}
+        print(f"gpu: {k} trial(s) sharing the device: {sharing[str(k)]['total']} img/s in total", flush=True)
+    res["sharing"] = sharing
+    return res
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small subset, for CI")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated: {', '.join(PARTS)}")
+    parser.add_argument("--synthetic", action="store_true", help="use generated data even when the real file is there")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--bundle", default=None, help="bundle for the bundle part (default: the ray part's)")
+    parser.add_argument("--gpu-smoke", action="store_true", help="run the gpu part on the CPU at 32 px (tests its code)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "throughput.json"))
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (2 if args.quick else 3)
+    parts = [p for p in args.parts.split(",") if p]
+    for p in parts:
+        if p not in PARTS:
+            parser.error(f"--parts: unknown part {p!r}; choose from {', '.join(PARTS)}")
+
+    import torch
+
     torch.set_num_threads(args.threads)
+    result = {"benchmark": "throughput", "mode": "quick" if args.quick else "full",
+              "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+              "date": time.strftime("%Y-%m-%d"),
+              "command": "python bench/throughput.py" + (" --quick" if args.quick else "")
+                         + (f" --parts {args.parts}" if args.parts != ",".join(PARTS) else "")}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        data = DataConfig.from_dict(data_dict(args, tmp))
-        params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=rounds, image_size=28)
-        run = _Run(params, data, tmp / "trial", tune=False, resume=False, config={})
-        if args.quick:  # trim the split in place: both loops see the same 768 images
-            sp = run.ds.splits["train"]
-            sp.images, sp.labels, sp.ids = sp.images[:768], sp.labels[:768], sp.ids[:768]
-        sp = run.ds.splits["train"]
-        x_all = (torch.from_numpy(np.asarray(sp.images)).permute(0, 3, 1, 2).float() * run.scale + run.shift).contiguous()
-        y_all = torch.from_numpy(sp.labels).long()
-        torch.manual_seed(0)
-        bare_model = create_model(args.backbone, num_classes=run.ds.num_classes, in_chans=run.ds.channels)
-        bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-3, weight_decay=1e-4)
-        rng = np.random.default_rng(0)
-        # One warm-up epoch each (allocator, oneDNN kernel selection) that is not counted.
-        bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng)
-        run._train_epoch()
-        bare, ours = [], []
-        for _ in range(rounds):
-            bare.append(bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng))
-            ours.append(run._train_epoch()["train_images_per_s"])
-    result = {
-        "benchmark": "throughput",
-        "mode": "quick" if args.quick else "full",
-        "backbone": args.backbone,
-        "batch_size": args.batch_size,
-        "threads": args.threads,
-        "images_per_epoch": int(len(y_all)),
-        "rounds": rounds,
-        "bare_images_per_s": [round(v, 1) for v in bare],
-        "trainable_images_per_s": [round(v, 1) for v in ours],
-        "bare_median": round(statistics.median(bare), 1),
-        "trainable_median": round(statistics.median(ours), 1),
-        "ratio": round(statistics.median(ours) / statistics.median(bare), 3),
-        "target_ratio": 0.90,
-        "machine": f"{platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python bench/throughput.py" + (" --quick" if args.quick else ""),
-    }
+        if "trainable" in parts:
+            result["trainable"] = part_trainable(args, tmp, rounds)
+            result.update({k: result["trainable"][k] for k in ("bare_median", "trainable_median", "ratio")})
+        if "pipeline" in parts:
+            speed = result.get("trainable", {}).get("trainable_median")
+            result["pipeline"] = part_pipeline(args, tmp, rounds, speed)
+        if "ray" in parts:
+            result["ray"] = part_ray(args, tmp)
+        if "bundle" in parts:
+            bundle = Path(args.bundle) if args.bundle else (Path(result["ray"]["run_dir"]) / "ensemble" if "ray" in result else None)
+            if bundle is None:
+                parser.error("--parts bundle needs the ray part or --bundle PATH")
+            result["bundle"] = part_bundle(args, bundle, tmp, rounds)
+        if "gpu" in parts:
+            if torch.cuda.is_available():
+                result["gpu"] = part_gpu(args, device="cuda", image_size=224, backbone="resnet50",
+                                         batch_size=64, rounds=rounds, tmp=tmp)
+            elif args.gpu_smoke:
+                result["gpu"] = part_gpu(args, device="cpu", image_size=32, backbone="resnet18",
+                                         batch_size=16, rounds=1, tmp=tmp)
+            else:
+                result["gpu"] = {"skipped": "no CUDA device on this machine"}
+                print("gpu: skipped (no CUDA device on this machine)", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(
-        f"throughput ({result['mode']}, {args.backbone}, batch {args.batch_size}, {args.threads} threads, "
-        f"{result['images_per_epoch']} images/epoch): bare {result['bare_median']} img/s, "
-        f"trainable {result['trainable_median']} img/s, ratio {result['ratio']} (target >= 0.90)"
-    )
     print(f"written to {out}")
     return 0
 

@@ -1,24 +1,71 @@
 """Each benchmark's quick mode runs in CI and writes its figures (speed targets are checked in bench/, not here)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("MEDSWEEP_DATA_DIR", REPO.parent / "shared" / "datasets"))
+needs_medmnist = pytest.mark.skipif(
+    not (SHARED / "pneumoniamnist.npz").is_file() or not (SHARED / "bloodmnist.npz").is_file(),
+    reason=f"the MedMNIST files are not in {SHARED} (set MEDSWEEP_DATA_DIR)",
+)
 
 
-def test_throughput_quick_writes_a_ratio(tmp_path):
-    out = tmp_path / "throughput.json"
-    proc = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--quick", "--rounds", "1", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+def _bench(script, *args, out):
+    proc = subprocess.run([sys.executable, f"bench/{script}", "--quick", *args, "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+@needs_medmnist
+def test_throughput_quick_measures_every_part(tmp_path):
+    stdout, result = _bench("throughput.py", "--rounds", "1", "--gpu-smoke", out=tmp_path / "throughput.json")
     assert result["bare_median"] > 0 and result["trainable_median"] > 0
     assert result["ratio"] == round(result["trainable_median"] / result["bare_median"], 3)
-    assert "ratio" in proc.stdout
+    levels = result["pipeline"]["levels"]
+    assert list(levels) == ["none", "simple", "enhanced", "advanced"]
+    assert all(v["images_per_s"] > 0 and v["vs_training"] > 0 for v in levels.values())
+    ray = result["ray"]
+    assert ray["sum_trial_s"] > 0 and ray["ratio"] == round(ray["sweep_wall_s"] / ray["ideal_s"], 3)
+    bundle = result["bundle"]
+    assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
+    gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
+    assert gpu["raw_images_per_s"] > 0 and gpu["trainable_images_per_s"] > 0 and set(gpu["sharing"]) == {"1", "2"}
+    for part in ("trainable:", "pipeline:", "ray:", "bundle:", "gpu:"):
+        assert part in stdout
+
+
+@needs_medmnist
+def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
+    stdout, result = _bench("quality.py", out=tmp_path / "quality.json")
+    rows = {r["dataset"]: r for r in result["rows"]}
+    assert set(rows) == {"pneumoniamnist", "bloodmnist"}
+    for ds, row in rows.items():
+        for who in ("ensemble", "best_single"):
+            assert 0.0 <= row[f"{who}_auroc"] <= 1.0 and 0.0 <= row[f"{who}_accuracy"] <= 1.0
+        assert all(t["met"] == (t["got"] >= t["target"]) for t in row["targets"].values())
+    assert 0.0 <= rows["pneumoniamnist"]["ensemble_accuracy_at_threshold"] <= 1.0  # binary: the validation-chosen cut
+    assert "Google AutoML Vision" in stdout and "target accuracy >= 0.966" in stdout
+
+
+@needs_medmnist
+def test_search_efficiency_quick_traces_three_ways(tmp_path):
+    stdout, result = _bench("search_efficiency.py", out=tmp_path / "efficiency.json")
+    rows = {r["way"]: r for r in result["rows"]}
+    assert set(rows) == {"tpe_asha", "random_asha", "random_full"}
+    assert rows["random_full"]["trial_epochs"] == 3 * 2  # no pruning: every trial runs every epoch
+    for way, pts in result["curves"].items():
+        epochs, best = zip(*pts)
+        assert list(epochs) == list(range(1, len(pts) + 1)) and list(best) == sorted(best)  # cumulative, monotone
+    full = rows["random_full"]
+    assert full["share_to_reach_random_full_best"] == round(full["epochs_to_reach_random_full_best"] / 6, 3) <= 1.0
+    assert Path(result["plot"]).is_file()
 
 
 def test_ast_quick_writes_time_and_auroc_per_rate(tmp_path):
