@@ -31,6 +31,7 @@ def ray_session():
     if ray.is_initialized():  # another package's session fixture is still up: share it
         yield ray
         return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a Ray of the tests' own, never a cluster `ray start` left running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

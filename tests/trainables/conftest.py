@@ -45,6 +45,7 @@ def ray_local():
     """A local Ray instance with 2 CPUs, shared by the session's Ray tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": a Ray of the tests' own, never a cluster `ray start` left running on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
