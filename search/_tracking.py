@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ from ._space import MLflowConfig, Space
 # Tags on every MLflow run of a sweep: the UI can filter a sweep's trials and its ensemble by them.
 SWEEP_TAG = "medsweep.sweep"
 KIND_TAG = "medsweep.kind"
+
+
+def _quiet_mlflow() -> None:
+    # MLflow prints "View run ... at: URL" for every run it ends: one per trial would bury the progress lines.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def check_mlflow(space: Space) -> None:
@@ -52,6 +58,8 @@ def tracking_callbacks(space: Space, *, run_dir: str) -> list[Any]:
     if cfg is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback
 
+        _quiet_mlflow()
+
         callbacks.append(
             MLflowLoggerCallback(
                 tracking_uri=cfg.uri,
@@ -74,6 +82,7 @@ def log_ensemble(cfg: MLflowConfig, *, run_dir: str, sweep: str) -> str | None:
     metrics_file = bundle / "metrics.json"
     if not metrics_file.is_file():
         return None
+    _quiet_mlflow()
     client = MlflowClient(tracking_uri=cfg.uri)
     experiment = client.get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(cfg.experiment)
