@@ -194,6 +194,8 @@ def param_importances(board: Any, space: Mapping[str, Any], *, mode: str = "max"
         trials.append(optuna.trial.create_trial(params=params, distributions=used, value=float(row["best"])))
     if len(trials) < 2:
         raise ValueError(f"{len(trials)} finished or pruned trial(s); importances need at least 2")
+    if len({t.value for t in trials}) < 2:
+        raise ValueError(f"all {len(trials)} trials scored the same, so no parameter explains a difference")
     varied = [n for n in dists if len({repr(t.params.get(n, _ABSENT)) for t in trials}) > 1 and all(n in t.params for t in trials)]
     if not varied:
         raise ValueError("no searched parameter that every trial has took more than one value")

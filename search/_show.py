@@ -16,7 +16,7 @@ def read_space(root: Path) -> Space:
     """The run's resolved ``space.yaml`` as a ``Space``."""
     path = root / "space.yaml"
     if not path.is_file():
-        raise ConfigError(f"{root} holds no space.yaml; pass a sweep's run folder such as runs/cxr", field="RUN_DIR")
+        raise ConfigError("holds no space.yaml; pass a sweep's run folder such as runs/cxr", origin=str(root))
     return load_space(path)
 
 
@@ -47,7 +47,7 @@ def current_leaderboard(root: Path, space: Space) -> tuple[Any, str]:
         return pd.read_parquet(parquet), str(parquet)
     frame = live_leaderboard(root, space)
     if frame is None:
-        raise ConfigError(f"{root} holds neither leaderboard.parquet nor Tune's experiment state; is it a sweep's run folder?", field="RUN_DIR")
+        raise ConfigError("holds neither leaderboard.parquet nor Tune's experiment state; pass a sweep's run folder such as runs/cxr", origin=str(root))
     return frame, f"{states[-1]} (the sweep is running or was interrupted)"
 
 

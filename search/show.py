@@ -30,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(args.run_dir)
     try:
         if not root.is_dir():
-            raise ConfigError(f"{root} is not a folder; pass a sweep's run folder such as runs/cxr", field="RUN_DIR")
+            raise ConfigError("is not a folder; pass a sweep's run folder such as runs/cxr", origin=str(root))
         from ._leaderboard import format_table
         from ._show import current_leaderboard, ensemble_text, read_space
 
