@@ -173,7 +173,10 @@ def describe(space: Space, *, run_dir: str) -> str:
     )
     per = space.max_epochs_per_trial()
     lines.append(f"budget: {cfg.n_trials} trials x at most {per} epochs = at most {cfg.n_trials * per} trial-epochs")
-    lines.append(f"output: {run_dir}")
+    lines.append(f"output: {run_dir} (report.html at the end)")
+    from ._tracking import describe_tracking
+
+    lines.append(describe_tracking(space, run_dir=run_dir))
     return "\n".join(lines)
 
 
@@ -287,7 +290,7 @@ def run_sweep(
             origin=space.origin,
             field="name",
         )
-    from ._tracking import check_mlflow
+    from ._tracking import check_mlflow, describe_tracking
 
     check_mlflow(space)
     if not address:
@@ -315,6 +318,7 @@ def run_sweep(
                 f"{cfg.metric} ({cfg.mode}), {cfg.scheduler.type}; writing to {run_dir}",
                 flush=True,
             )
+        print(f"[medsweep] {describe_tracking(space, run_dir=run_dir)}", flush=True)
         t0 = time.perf_counter()
         tuner.fit()
         seconds = time.perf_counter() - t0

@@ -35,7 +35,7 @@ def check_mlflow(space: Space) -> None:
         import mlflow  # noqa: F401
     except ImportError:
         raise ConfigError(
-            "MLflow tracking needs the mlflow package: pip install mlflow (or drop tracking.mlflow / --mlflow)",
+            "MLflow tracking needs the mlflow package: pip install mlflow, or pip install -e '.[tracking]' (or drop tracking.mlflow / --mlflow)",
             origin=space.origin,
             field="tracking.mlflow",
         ) from None
@@ -68,6 +68,18 @@ def tracking_callbacks(space: Space, *, run_dir: str) -> list[Any]:
             )
         )
     return callbacks
+
+
+def describe_tracking(space: Space, *, run_dir: str) -> str:
+    """One line: where to watch the sweep besides this terminal."""
+    where = []
+    if space.tracking.tensorboard:
+        where.append(f"tensorboard --logdir {run_dir}")
+    cfg = space.tracking.mlflow
+    if cfg is not None:
+        where.append(f"MLflow {cfg.uri}, experiment {cfg.experiment}")
+    where.append(f"python -m search.show {run_dir}")
+    return "watch: " + "; ".join(where)
 
 
 def log_ensemble(cfg: MLflowConfig, *, run_dir: str, sweep: str) -> str | None:
