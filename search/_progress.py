@@ -114,6 +114,15 @@ class Progress(Callback):
         stream: where lines go; default ``sys.stdout`` at the time of printing (the callback is pickled).
     """
 
+    # Class-level defaults: a sweep started before these options existed unpickles without them on --resume.
+    time_budget_s: float | None = None
+    live: bool | None = None
+    interval_s: float = 30.0
+    stream: Any = None
+    _t0: float | None = None
+    _last_status: float = -math.inf
+    _drawn: bool = False
+
     def __init__(
         self,
         *,
