@@ -44,16 +44,21 @@ def check_mlflow(space: Space) -> None:
 def tracking_callbacks(space: Space, *, run_dir: str) -> list[Any]:
     """Tune's logger callbacks for the space's ``tracking`` section.
 
+    CSV and JSON: each trial's ``progress.csv`` and ``result.json``, given explicitly so they stay when
+    ``tensorboard: false`` stops Tune from adding its default loggers.
     TensorBoard: each trial's scalars go to its own folder (``runs/<name>/trial_<id>/events.out.tfevents.*``,
-    tags ``ray/tune/<metric>``), so ``tensorboard --logdir runs/<name>`` shows every trial. Given
-    explicitly, Tune adds no second copy, and ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` cannot turn it off.
+    tags ``ray/tune/<metric>``), so ``tensorboard --logdir runs/<name>`` shows every trial.
     MLflow: one run per trial (its config as parameters, every reported metric per epoch).
     """
-    callbacks: list[Any] = []
-    if space.tracking.tensorboard:
-        from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
+    # progress.csv and result.json are what the leaderboard and the report read: always there.
+    callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]
+    if space.tracking.tensorboard:
         callbacks.append(TBXLoggerCallback())
+    else:
+        # Tune adds the loggers a sweep lacks, TensorBoard's included, unless told not to.
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     cfg = space.tracking.mlflow
     if cfg is not None:
         from ray.air.integrations.mlflow import MLflowLoggerCallback

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from types import SimpleNamespace
 
 import pandas as pd
@@ -224,3 +225,23 @@ def test_importances_come_from_optuna_on_the_leaderboard():
 def test_importances_need_history():
     with pytest.raises(ValueError, match="at least 2"):
         param_importances(importance_board().head(1), SPACE)
+
+
+@pytest.mark.parametrize(
+    "overrides,want",
+    [
+        ([], ["CSVLoggerCallback", "JsonLoggerCallback", "TBXLoggerCallback"]),
+        (["tracking.tensorboard=false"], ["CSVLoggerCallback", "JsonLoggerCallback"]),
+        (["tracking.mlflow.uri=sqlite:///m.db"], ["CSVLoggerCallback", "JsonLoggerCallback", "TBXLoggerCallback", "MLflowLoggerCallback"]),
+    ],
+)
+def test_tracking_section_chooses_tunes_logger_callbacks(tmp_path, monkeypatch, overrides, want):
+    from search._tracking import tracking_callbacks
+
+    if any("mlflow" in o for o in overrides):
+        pytest.importorskip("mlflow")
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # restored afterwards
+    space = load_space(write(tmp_path, BASE), overrides=overrides)
+    assert [type(c).__name__ for c in tracking_callbacks(space, run_dir=str(tmp_path))] == want
+    # Without TensorBoard, Tune must not add its TBX logger behind our back.
+    assert (os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1") == ("tracking.tensorboard=false" in overrides)
