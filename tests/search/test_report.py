@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,11 +82,14 @@ def mlflow_server(tmp_path_factory):
             time.sleep(1)
         yield uri
     finally:
-        proc.terminate()
+        # The server runs helper processes (a job runner, a task consumer): end its whole session, which it leads.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
         log.close()
 
 
