@@ -247,6 +247,8 @@ def _leaderboard(board: Any, space: Mapping[str, Any]) -> str:
     searched = [k for k in (space.get("space") or {}) if f"config/{k}" in board]
     cols = ["trial_id", "status", "epochs", "best", "best_epoch", "last", "wall_s"] + [f"config/{k}" for k in searched] + ["error"]
     view = board[[c for c in cols if c in board]].copy()
+    if "error" in view:  # None in a text column: na_rep does not reach it
+        view["error"] = view["error"].where(view["error"].notna(), "-")
     view.columns = [c.removeprefix("config/") for c in view.columns]
     metric = str(board["metric"].iloc[0]) if "metric" in board else "metric"
     view = view.rename(columns={"best": f"best {metric}", "last": f"last {metric}", "wall_s": "seconds"})

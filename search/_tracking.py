@@ -7,6 +7,7 @@ module only chooses them from the space's ``tracking`` section and logs the ense
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -25,6 +26,10 @@ KIND_TAG = "medsweep.kind"
 def _quiet_mlflow() -> None:
     # MLflow prints "View run ... at: URL" for every run it ends: one per trial would bury the progress lines.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # A new SQLite store announces its table creation and migrations at INFO.
+    for name in ("mlflow", "alembic"):
+        if logging.getLogger(name).level in (logging.NOTSET, logging.INFO, logging.DEBUG):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def check_mlflow(space: Space) -> None:
