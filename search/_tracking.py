@@ -26,7 +26,12 @@ KIND_TAG = "medsweep.kind"
 def _quiet_mlflow() -> None:
     # MLflow prints "View run ... at: URL" for every run it ends: one per trial would bury the progress lines.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # A new SQLite store announces its table creation and migrations at INFO.
+    # A new SQLite store announces its table creation and migrations at INFO. Importing mlflow sets
+    # its loggers' levels, so it is imported first.
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        return
     for name in ("mlflow", "alembic"):
         if logging.getLogger(name).level in (logging.NOTSET, logging.INFO, logging.DEBUG):
             logging.getLogger(name).setLevel(logging.WARNING)
