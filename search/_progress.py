@@ -189,7 +189,7 @@ class Progress(Callback):
             f"{_duration(elapsed)} elapsed, {left} left"
         )
 
-    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         # Tune calls this every pass of its event loop: draw at most once a second (live) or per interval.
         if self._t0 is None:
             self._t0 = time.monotonic()

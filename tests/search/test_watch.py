@@ -144,8 +144,8 @@ def test_in_a_terminal_the_line_redraws_in_place(monkeypatch):
     monkeypatch.delenv("CI", raising=False)
     out = Terminal()
     p = progress(out)
-    p.on_step(1, TRIALS)
-    p.on_step(2, TRIALS)  # within the second: no redraw
+    p.on_step_end(1, TRIALS)
+    p.on_step_end(2, TRIALS)  # within the second: no redraw
     text = out.getvalue()
     assert text.startswith("\r[medsweep] 3/8 done") and text.endswith("\x1b[K") and text.count("\r") == 1 and "\n" not in text
     # A finished trial's line clears the status line first, so the two never share a row.
@@ -162,10 +162,10 @@ def test_in_ci_logs_and_pipes_plain_lines_every_interval(monkeypatch, ci, stream
     else:
         monkeypatch.delenv("CI", raising=False)
     p = progress(stream, interval_s=3600)
-    p.on_step(1, TRIALS)
-    p.on_step(2, TRIALS)  # within the interval: nothing
+    p.on_step_end(1, TRIALS)
+    p.on_step_end(2, TRIALS)  # within the interval: nothing
     p._last_status -= 3600
-    p.on_step(3, TRIALS)
+    p.on_step_end(3, TRIALS)
     lines = stream.getvalue().split("\n")
     assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
     assert [ln.split(",")[0] for ln in lines if ln] == ["[medsweep] 3/8 done (1 finished"] * 2
@@ -245,3 +245,12 @@ def test_tracking_section_chooses_tunes_logger_callbacks(tmp_path, monkeypatch, 
     assert [type(c).__name__ for c in tracking_callbacks(space, run_dir=str(tmp_path))] == want
     # Without TensorBoard, Tune must not add its TBX logger behind our back.
     assert (os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] == "1") == ("tracking.tensorboard=false" in overrides)
+
+
+def test_progress_implements_tunes_own_hooks():
+    from ray.tune import Callback
+
+    # A misspelt hook is never called, and nothing says so.
+    hooks = [name for name in vars(Progress) if name.startswith("on_") or name == "setup"]
+    assert {"on_step_end", "on_trial_complete", "on_trial_error", "on_experiment_end", "setup"} <= set(hooks)
+    assert all(callable(getattr(Callback, name, None)) for name in hooks), hooks
