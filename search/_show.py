@@ -34,7 +34,12 @@ def live_leaderboard(root: Path, space: Space | None = None) -> Any:
 
     space = space or read_space(root)
     analysis = ExperimentAnalysis(str(root), default_metric=space.search.metric, default_mode=space.search.mode)
-    return leaderboard(ResultGrid(analysis), space)
+    frame = leaderboard(ResultGrid(analysis), space)
+    if not frame.empty:
+        # Tune stores a running trial as PENDING (what it would restart as); one that reported epochs is under way.
+        under_way = (frame["status"] == "pending") & (frame["epochs"] > 0)
+        frame.loc[under_way, "status"] = "running"
+    return frame
 
 
 def current_leaderboard(root: Path, space: Space) -> tuple[Any, str]:
