@@ -347,6 +347,9 @@ def _rungs(board: Any, space: Mapping[str, Any], metric: str) -> str:
             f"ASHA (grace_period {scheduler.get('grace_period')}, reduction_factor {scheduler.get('reduction_factor')}, "
             f"max_t {scheduler.get('max_t')}) compares trials at each rung and stops those below the top 1/reduction_factor."
         )
+        budget = (space.get("search") or {}).get("time_budget_s")
+        if budget:
+            note += f" The sweep's time budget ({budget:g} s) also stops the trials still running when it runs out."
         return f'<p class="note">{html.escape(note)}</p>' + "".join(table) + _figure(fig, "ASHA rungs")
     kind = scheduler.get("type", "asha")
     return f'<p class="note">The {html.escape(str(kind))} scheduler has no rungs; the figure shows where each trial stopped.</p>' + _figure(fig, "epochs per trial")
