@@ -1,6 +1,7 @@
 """Space files and sweeps: read a YAML space, run Ray Tune with Optuna and ASHA, write a leaderboard."""
 
 from ._space import (
+    MLflowConfig,
     Objective,
     Param,
     Resources,
@@ -8,6 +9,7 @@ from ._space import (
     SchedulerConfig,
     SearchConfig,
     Space,
+    TrackingConfig,
     apply_overrides,
     check_metric,
     load_space,
@@ -17,6 +19,7 @@ from ._run import DefineByRun, describe, run_sweep, trial_constants
 
 __all__ = [
     "DefineByRun",
+    "MLflowConfig",
     "Objective",
     "Param",
     "Resources",
@@ -24,6 +27,7 @@ __all__ = [
     "SchedulerConfig",
     "SearchConfig",
     "Space",
+    "TrackingConfig",
     "apply_overrides",
     "check_metric",
     "describe",

@@ -1,13 +1,18 @@
-"""What a person sees during a sweep: one line per finished, pruned or errored trial, with the best so far.
+"""What a person sees during a sweep: one line per finished, pruned or errored trial, with the best so far,
+and a status line (trials done, running, pruned, errored; best; elapsed and remaining time).
 
-A Tune ``Callback``: Tuner pickles it with the run config, so it keeps no state of its own and
-reads everything from the trials Tune passes in (a resumed sweep counts the earlier trials too).
+A Tune ``Callback``: Tuner pickles it with the run config, so it keeps no state but clocks and
+reads everything else from the trials Tune passes in (a resumed sweep counts the earlier trials too).
+In a terminal the status line redraws in place (``\\r``); in CI logs and pipes it is a plain line
+every ``interval_s`` seconds, since carriage returns there only pile up.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import sys
+import time
 from typing import Any, Mapping, Sequence
 
 from ray.tune import Callback
@@ -72,8 +77,30 @@ def trial_max_epochs(config: Mapping[str, Any], max_t: int | None) -> int:
     return min(epochs, max_t) if max_t else epochs
 
 
+def trial_state(trial: Any, max_t: int | None) -> str:
+    """The leaderboard's word for a trial now: finished, pruned, errored, running or pending."""
+    status = getattr(trial, "status", None)
+    if status == "ERROR":
+        return "errored"
+    if status in ("RUNNING", "PAUSED"):
+        return "running"
+    if status != "TERMINATED":
+        return "pending"
+    epochs = int((getattr(trial, "last_result", None) or {}).get("training_iteration", 0) or 0)
+    return "finished" if epochs >= trial_max_epochs(getattr(trial, "config", None) or {}, max_t) else "pruned"
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0.0, seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
 class Progress(Callback):
-    """Prints ``[medsweep] trial 3/8 <id> finished val_auroc 0.9312 (best 0.9431)  2/2 epochs  14s  lr=...``.
+    """Prints ``[medsweep] trial 3/8 <id> finished val_auroc 0.9312 (best 0.9431)  2/2 epochs  14s  lr=...``
+    per trial, and the status line ``[medsweep] 5/14 done (3 finished, 2 pruned, 0 errored), 2 running,
+    best val_auroc 0.9431, 2m13s elapsed, ~4m10s left``.
 
     Args:
         metric, mode: the sweep's objective (the scheduler's).
@@ -81,14 +108,110 @@ class Progress(Callback):
         max_t: ASHA's last rung (``None`` for other schedulers): a trial stopped before
             ``min(epochs, max_t)`` epochs counts as pruned.
         shown: the config keys to show (the searched parameters).
+        time_budget_s: the sweep's time budget: the remaining time never exceeds what is left of it.
+        live: redraw the status line in place; default when stdout is a terminal and ``CI`` is unset.
+        interval_s: seconds between plain status lines (not live); a live line redraws every second.
+        stream: where lines go; default ``sys.stdout`` at the time of printing (the callback is pickled).
     """
 
-    def __init__(self, *, metric: str, mode: str, n_trials: int, max_t: int | None, shown: Sequence[str]) -> None:
+    # Class-level defaults: a sweep started before these options existed unpickles without them on --resume.
+    time_budget_s: float | None = None
+    live: bool | None = None
+    interval_s: float = 30.0
+    stream: Any = None
+    _t0: float | None = None
+    _last_status: float = -math.inf
+    _drawn: bool = False
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        mode: str,
+        n_trials: int,
+        max_t: int | None,
+        shown: Sequence[str],
+        time_budget_s: float | None = None,
+        live: bool | None = None,
+        interval_s: float = 30.0,
+        stream: Any = None,
+    ) -> None:
         self.metric = metric
         self.mode = mode
         self.n_trials = n_trials
         self.max_t = max_t
         self.shown = list(shown)
+        self.time_budget_s = time_budget_s
+        self.live = live
+        self.interval_s = interval_s
+        self.stream = stream
+        self._t0: float | None = None
+        self._last_status = -math.inf
+        self._drawn = False
+
+    def setup(self, **info: Any) -> None:
+        # Elapsed time counts from this start (a resumed sweep from the resume).
+        self._t0 = time.monotonic()
+        self._last_status = -math.inf
+        self._drawn = False
+
+    def _out(self) -> Any:
+        return self.stream if self.stream is not None else sys.stdout
+
+    def _is_live(self) -> bool:
+        if self.live is not None:
+            return self.live
+        out = self._out()
+        return bool(getattr(out, "isatty", lambda: False)()) and not os.environ.get("CI")
+
+    def status_line(self, trials: list, *, now: float | None = None) -> str:
+        """``[medsweep] 5/14 done (3 finished, 2 pruned, 0 errored), 2 running, best val_auroc 0.9431, 2m13s elapsed, ~4m10s left``."""
+        now = time.monotonic() if now is None else now
+        counts = {k: 0 for k in ("finished", "pruned", "errored", "running", "pending")}
+        for t in trials:
+            counts[trial_state(t, self.max_t)] += 1
+        done = counts["finished"] + counts["pruned"] + counts["errored"]
+        best = self._best(trials)
+        elapsed = now - (self._t0 if self._t0 is not None else now)
+        # Trials so far set the pace; wall-clock time already holds the concurrency.
+        left = "?"
+        if done and done < self.n_trials:
+            estimate = elapsed / done * (self.n_trials - done)
+            if self.time_budget_s:
+                estimate = min(estimate, max(0.0, self.time_budget_s - elapsed))
+            left = "~" + _duration(estimate)
+        elif done >= self.n_trials:
+            left = "0s"
+        best_text = f"{best:.4f}" if not math.isnan(best) else "-"
+        return (
+            f"[medsweep] {done}/{self.n_trials} done ({counts['finished']} finished, {counts['pruned']} pruned, "
+            f"{counts['errored']} errored), {counts['running']} running, best {self.metric} {best_text}, "
+            f"{_duration(elapsed)} elapsed, {left} left"
+        )
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        # Tune calls this every pass of its event loop: draw at most once a second (live) or per interval.
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        now = time.monotonic()
+        live = self._is_live()
+        if now - self._last_status < (1.0 if live else self.interval_s):
+            return
+        self._last_status = now
+        line = self.status_line(trials, now=now)
+        out = self._out()
+        if live:
+            out.write("\r" + line + "\x1b[K")
+            out.flush()
+            self._drawn = True
+        else:
+            print(line, file=out, flush=True)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._is_live() and self._drawn:
+            self._out().write("\r\x1b[K")
+        print(self.status_line(trials), file=self._out(), flush=True)
+        self._drawn = False
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trials, trial, error=None)
@@ -96,14 +219,18 @@ class Progress(Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._line(trials, trial, error=trial_error(trial) or "see error.txt in the trial's folder")
 
-    def _line(self, trials: list, trial: Any, *, error: str | None) -> None:
-        done = 1 + sum(1 for t in trials if t is not trial and t.status in DONE)
+    def _best(self, trials: list) -> float:
         best = math.nan
         pick = max if self.mode == "max" else min
         for t in trials:
             value = trial_best(t, self.metric, self.mode)
             if not math.isnan(value):
                 best = value if math.isnan(best) else pick(best, value)
+        return best
+
+    def _line(self, trials: list, trial: Any, *, error: str | None) -> None:
+        done = 1 + sum(1 for t in trials if t is not trial and t.status in DONE)
+        best = self._best(trials)
         config = trial.config or {}
         result = trial.last_result or {}
         epochs = int(result.get("training_iteration", 0) or 0)
@@ -120,7 +247,12 @@ class Progress(Callback):
                 f"{head} {status}  {self.metric} {value:.4f} (best so far {best:.4f})"
                 f"  {epochs}/{want} epochs  {seconds:.1f}s  {params}"
             )
-        print(text.rstrip(), file=sys.stdout, flush=True)
+        out = self._out()
+        if self._drawn and self._is_live():
+            out.write("\r\x1b[K")  # the status line gives way, and is redrawn below the trial's line
+            self._drawn = False
+            self._last_status = -math.inf
+        print(text.rstrip(), file=out, flush=True)
 
 
 def _short(value: Any) -> str:

@@ -173,7 +173,10 @@ def describe(space: Space, *, run_dir: str) -> str:
     )
     per = space.max_epochs_per_trial()
     lines.append(f"budget: {cfg.n_trials} trials x at most {per} epochs = at most {cfg.n_trials * per} trial-epochs")
-    lines.append(f"output: {run_dir}")
+    lines.append(f"output: {run_dir} (report.html at the end)")
+    from ._tracking import describe_tracking
+
+    lines.append(describe_tracking(space, run_dir=run_dir))
     return "\n".join(lines)
 
 
@@ -287,6 +290,9 @@ def run_sweep(
             origin=space.origin,
             field="name",
         )
+    from ._tracking import check_mlflow, describe_tracking
+
+    check_mlflow(space)
     if not address:
         _preflight(space, constants)
     else:  # on a cluster the data may live on the workers only
@@ -312,6 +318,7 @@ def run_sweep(
                 f"{cfg.metric} ({cfg.mode}), {cfg.scheduler.type}; writing to {run_dir}",
                 flush=True,
             )
+        print(f"[medsweep] {describe_tracking(space, run_dir=run_dir)}", flush=True)
         t0 = time.perf_counter()
         tuner.fit()
         seconds = time.perf_counter() - t0
@@ -326,7 +333,37 @@ def run_sweep(
             import ray
 
             ray.shutdown()
-    return _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir)
+    status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir)
+    _publish(space, run_dir)
+    return status
+
+
+def _publish(space: Space, run_dir: str) -> None:
+    """``report.html`` for people, and the ensemble to MLflow; a failure here is one line, the sweep's results stay."""
+    if "://" in run_dir:
+        return
+    from ._html import write_html_report
+
+    try:
+        path = write_html_report(run_dir)
+        print(f"report: {path}")
+    except Exception as exc:  # noqa: BLE001 - the report is a view; the sweep's files are what counts
+        print(f"medsweep: warning: report.html not written ({_reason(exc)}); retry with python -m search.show {run_dir} --html", file=sys.stderr)
+    cfg = space.tracking.mlflow
+    if cfg is None:
+        return
+    from ._tracking import log_ensemble
+
+    try:
+        run_id = log_ensemble(cfg, run_dir=run_dir, sweep=space.name)
+        if run_id:
+            print(f"mlflow: ensemble logged to {cfg.uri}, experiment {cfg.experiment}, run {run_id}")
+    except Exception as exc:  # noqa: BLE001 - a tracking server that went away must not fail a finished sweep
+        print(f"medsweep: warning: the ensemble was not logged to MLflow at {cfg.uri} ({_reason(exc)})", file=sys.stderr)
+
+
+def _reason(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
 
 
 def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mapping[str, Any], verbose: bool = False) -> Any:
@@ -344,8 +381,12 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
         mode=[o.mode for o in cfg.objectives] if multi else cfg.mode,
         sampler=create_sampler(cfg.sampler),
     )
+    from ._tracking import tracking_callbacks
+
     max_t = cfg.scheduler.max_t if cfg.scheduler.type == "asha" else None
-    progress = Progress(metric=cfg.metric, mode=cfg.mode, n_trials=cfg.n_trials, max_t=max_t, shown=list(space.params))
+    progress = Progress(
+        metric=cfg.metric, mode=cfg.mode, n_trials=cfg.n_trials, max_t=max_t, shown=list(space.params), time_budget_s=cfg.time_budget_s
+    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -367,7 +408,7 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
             ),
-            callbacks=[progress],
+            callbacks=[progress, *tracking_callbacks(space, run_dir=run_dir)],
             verbose=1 if verbose else 0,
         ),
     )

@@ -24,7 +24,7 @@ from trainables._errors import ConfigError, check_keys, did_you_mean
 from trainables._model import check_backbone
 from trainables._params import TrainParams
 
-SECTIONS = ("name", "include", "data", "fixed", "space", "search", "ensemble", "storage", "ray")
+SECTIONS = ("name", "include", "data", "fixed", "space", "search", "ensemble", "tracking", "storage", "ray")
 # Where `include: [presets/cxr_ast]` looks after the including file's own folder: the shipped spaces.
 SHIPPED = Path(__file__).resolve().parents[1] / "spaces"
 PARAM_KEYS = {
@@ -66,6 +66,10 @@ SEARCH_KEYS = (
     "objectives",
 )
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
+TRACKING_KEYS = ("mlflow", "tensorboard")
+MLFLOW_KEYS = ("uri", "experiment")
+# Tracking URIs MLflow understands (a plain path is a local file store); anything else is most likely a typo.
+MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 SCHEDULER_KEYS = {
     "asha": {"type", "max_t", "grace_period", "reduction_factor"},
     "median": {"type", "grace_period", "min_samples_required"},
@@ -261,6 +265,33 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class MLflowConfig:
+    """Where MLflow gets the sweep: every trial a run of ``experiment`` (default the space's name), plus one for the ensemble."""
+
+    uri: str
+    experiment: str
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The ``tracking`` section: MLflow (off unless ``mlflow.uri`` or ``--mlflow`` is given) and TensorBoard event files.
+
+    Attributes:
+        mlflow: the tracking server or store and the experiment; ``None`` for no MLflow.
+        tensorboard: write each trial's scalars into its folder, so ``tensorboard --logdir runs/<name>`` finds them.
+    """
+
+    mlflow: MLflowConfig | None = None
+    tensorboard: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tensorboard": self.tensorboard}
+        if self.mlflow is not None:
+            out["mlflow"] = dataclasses.asdict(self.mlflow)
+        return out
+
+
+@dataclass(frozen=True)
 class Space:
     """A validated space file."""
 
@@ -271,6 +302,7 @@ class Space:
     params: Mapping[str, Param]
     search: SearchConfig
     ensemble: Mapping[str, Any]
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     storage: Any = None
     ray: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
@@ -310,6 +342,7 @@ class Space:
             "space": {name: p.to_dict() for name, p in self.params.items()},
             "search": self.search.to_dict(),
             "ensemble": dict(self.ensemble),
+            "tracking": self.tracking.to_dict(),
             "storage": self.storage,
             "ray": dict(self.ray),
         }
@@ -415,14 +448,16 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
     _check_conditions(params, fixed, origin)
     _condition_order(params, origin)  # rejects cycles
     search = _search(_mapping(raw.get("search"), origin, "search"), origin, params=params, fixed=fixed)
+    name = str(raw.get("name") or p.stem)
     return Space(
-        name=str(raw.get("name") or p.stem),
+        name=name,
         origin=origin,
         data=data,
         fixed=fixed,
         params=params,
         search=search,
         ensemble=_mapping(raw.get("ensemble"), origin, "ensemble"),
+        tracking=_tracking(_mapping(raw.get("tracking"), origin, "tracking"), origin, name=name),
         storage=raw.get("storage"),
         ray=_mapping(raw.get("ray"), origin, "ray"),
         raw=raw,
@@ -890,3 +925,48 @@ def _resources(value: Any, origin: str) -> Resources:
     if gpu > 1 and not float(gpu).is_integer():
         raise ConfigError(f"`gpu` above 1 must be a whole number (Ray's rule), got {gpu!r}", origin=origin, field=f"{where}.gpu")
     return Resources(cpu=cpu, gpu=gpu)
+
+
+def _tracking(raw: Mapping[str, Any], origin: str, *, name: str) -> TrackingConfig:
+    """Validate the ``tracking`` section: ``mlflow: {uri, experiment}`` and ``tensorboard: true|false``."""
+    check_keys(raw, TRACKING_KEYS, origin=origin, prefix="tracking", what="tracking")
+    tensorboard = raw.get("tensorboard", True)
+    if not isinstance(tensorboard, bool):
+        raise ConfigError(f"must be true or false, got {tensorboard!r}", origin=origin, field="tracking.tensorboard")
+    section = raw.get("mlflow")
+    if section is None:
+        return TrackingConfig(tensorboard=tensorboard)
+    where = "tracking.mlflow"
+    if not isinstance(section, dict):
+        raise ConfigError(f"must be a mapping like {{uri: http://127.0.0.1:5000, experiment: {name}}}, got {section!r}", origin=origin, field=where)
+    check_keys(section, MLFLOW_KEYS, origin=origin, prefix=where, what="mlflow")
+    uri = mlflow_uri(section.get("uri"), origin=origin, field=f"{where}.uri")
+    experiment = section.get("experiment", name)
+    if not isinstance(experiment, str) or not experiment.strip():
+        raise ConfigError(f"must be a non-empty name, got {experiment!r}; leave it out to use the space's name", origin=origin, field=f"{where}.experiment")
+    return TrackingConfig(mlflow=MLflowConfig(uri=uri, experiment=experiment.strip()), tensorboard=tensorboard)
+
+
+def mlflow_uri(value: Any, *, origin: str | None = None, field: str = "tracking.mlflow.uri") -> str:
+    """A tracking URI MLflow accepts: ``http(s)://host[:port]``, ``sqlite:///file.db``, ``file:///dir``,
+    ``databricks``, or a folder (made an absolute ``file://`` URI, since trials run elsewhere)."""
+    example = "http://127.0.0.1:5000, sqlite:///mlflow.db or a folder"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"must be a tracking URI such as {example}, got {value!r}", origin=origin, field=field)
+    uri = value.strip()
+    if uri == "databricks" or uri.startswith("databricks://"):
+        return uri
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if match and len(match.group(1)) > 1:  # one letter is a Windows drive, not a scheme
+        scheme = match.group(1).lower().split("+", 1)[0]
+        if scheme not in MLFLOW_SCHEMES:
+            raise ConfigError(
+                f"unknown scheme {scheme!r} in {uri!r}{did_you_mean(scheme, MLFLOW_SCHEMES)}; use one of "
+                f"{', '.join(MLFLOW_SCHEMES)}, e.g. {example}",
+                origin=origin,
+                field=field,
+            )
+        if scheme in ("http", "https") and not re.match(r"^https?://[^/:\s]+", uri):
+            raise ConfigError(f"{uri!r} names no host; write it like http://127.0.0.1:5000", origin=origin, field=field)
+        return uri
+    return Path(uri).expanduser().resolve().as_uri()

@@ -34,6 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None,
                         help="where run folders go (a path or a URI such as s3://bucket/sweeps); the sweep writes "
                         "OUT/<name>/. Default: the file's `storage`, else ./runs")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="log every trial and the ensemble to MLflow at URI (http://HOST:PORT, sqlite:///mlflow.db, "
+                        "a folder); the same as --set tracking.mlflow.uri=URI")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own progress and logs")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
@@ -41,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._run import describe, run_dir_of, run_sweep
         from ._space import load_space
 
-        space = load_space(args.space, overrides=args.overrides)
+        overrides = list(args.overrides)
+        if args.mlflow is not None:
+            overrides.append(f"tracking.mlflow.uri={args.mlflow}")
+        space = load_space(args.space, overrides=overrides)
         if args.dry_run:
             print(describe(space, run_dir=run_dir_of(space, args.out)))
             return 0

@@ -1,0 +1,79 @@
+"""What ``python -m search.show`` reads: the leaderboard of a finished sweep, or of a running one from Tune's
+experiment state, and the ensemble's metrics when it is built."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from trainables import ConfigError
+
+from ._space import Space, load_space
+
+
+def read_space(root: Path) -> Space:
+    """The run's resolved ``space.yaml`` as a ``Space``."""
+    path = root / "space.yaml"
+    if not path.is_file():
+        raise ConfigError("holds no space.yaml; pass a sweep's run folder such as runs/cxr", origin=str(root))
+    return load_space(path)
+
+
+def _state_files(root: Path) -> list[Path]:
+    return sorted(root.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+
+
+def live_leaderboard(root: Path, space: Space | None = None) -> Any:
+    """The leaderboard as Tune's experiment state has it now (a running or interrupted sweep), or ``None``."""
+    if not _state_files(root):
+        return None
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from ._leaderboard import leaderboard
+
+    space = space or read_space(root)
+    analysis = ExperimentAnalysis(str(root), default_metric=space.search.metric, default_mode=space.search.mode)
+    frame = leaderboard(ResultGrid(analysis), space)
+    if not frame.empty:
+        # Tune stores a running trial as PENDING (what it would restart as); one that reported epochs is under way.
+        under_way = (frame["status"] == "pending") & (frame["epochs"] > 0)
+        frame.loc[under_way, "status"] = "running"
+    return frame
+
+
+def current_leaderboard(root: Path, space: Space) -> tuple[Any, str]:
+    """``(frame, where)``: ``leaderboard.parquet`` when it is at least as new as Tune's state, else the live state."""
+    import pandas as pd
+
+    parquet = root / "leaderboard.parquet"
+    states = _state_files(root)
+    if parquet.is_file() and (not states or parquet.stat().st_mtime >= states[-1].stat().st_mtime - 1):
+        return pd.read_parquet(parquet), str(parquet)
+    frame = live_leaderboard(root, space)
+    if frame is None:
+        raise ConfigError("holds neither leaderboard.parquet nor Tune's experiment state; pass a sweep's run folder such as runs/cxr", origin=str(root))
+    return frame, f"{states[-1]} (the sweep is running or was interrupted)"
+
+
+def ensemble_text(root: Path) -> str:
+    """The ensemble's test metrics next to the best single member, or a line saying there is none yet."""
+    from types import SimpleNamespace
+
+    from ensemble._report import format_comparison
+
+    bundle = root / "ensemble"
+    metrics_file = bundle / "metrics.json"
+    if not metrics_file.is_file():
+        return f"ensemble: none yet; build it with python -m ensemble.build {root}"
+    metrics = json.loads(metrics_file.read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
+    combiner = (manifest.get("combiner") or {}).get("name", "?")
+    members = ", ".join(str(m.get("trial_id")) for m in manifest.get("members") or [] if isinstance(m, dict))
+    summary = SimpleNamespace(metrics=metrics, best_single=manifest.get("best_single", "?"))
+    table = format_comparison(summary, task=str(manifest.get("task", "binary")))
+    lines = [f"ensemble ({combiner} of {members}), test split:"] + ["  " + ln for ln in table.splitlines()]
+    cv = {k.split(".", 2)[-1]: v for k, v in metrics.items() if k.startswith("val_cv.ensemble.")}
+    if cv:
+        lines.append("  validation CV: " + ", ".join(f"{k} {v:.4f}" for k, v in cv.items() if isinstance(v, (int, float))))
+    return "\n".join(lines)
