@@ -36,9 +36,20 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
 
-from quality import shared_dir, subsample  # noqa: E402  (bench/quality.py)
+
+def _bench_module(name: str):
+    """A sibling script as a module, loaded by path: bench/ on sys.path would shadow the stdlib's ``ast``."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"medsweep_bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_quality = _bench_module("quality")
+shared_dir, subsample = _quality.shared_dir, _quality.subsample
 
 WAYS = {
     "tpe_asha": [],  # the space's own settings
@@ -129,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for all three ways")
     parser.add_argument("--ways", default=",".join(WAYS))
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
+    parser.add_argument("--reuse", action="store_true", help="read a way's finished sweep from --keep instead of running it")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "search_efficiency.json"))
     args = parser.parse_args(argv)
 
@@ -155,10 +167,16 @@ def main(argv=None) -> int:
     curves, walls = {}, {}
     for name in args.ways.split(","):
         out_dir = work / name
+        if args.reuse and (out_dir / "walls.json").is_file():
+            walls[name] = json.loads((out_dir / "walls.json").read_text())["wall_s"]
+            curves[name] = curve(next(p for p in out_dir.iterdir() if p.is_dir()), metric, mode)
+            print(f"[{name}] reused {out_dir}", flush=True)
+            continue
         # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
         common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
         walls[name] = run_way(name, common + WAYS[name], space=args.space, data_root=data_root, out_dir=out_dir,
                               log=work / f"{name}.log")
+        (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
         run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
         curves[name] = curve(run_dir, metric, mode)
 

@@ -166,8 +166,13 @@ def part_ray(args, tmp: Path) -> dict:
 
     root = Path(data_dict(args, tmp)["root"])
     if args.quick:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from quality import subsample
+        import importlib.util
+
+        # Loaded by path: bench/ on sys.path would shadow the stdlib's ``ast``.
+        spec = importlib.util.spec_from_file_location("medsweep_bench_quality", ROOT / "bench" / "quality.py")
+        quality = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(quality)
+        subsample = quality.subsample
 
         subsample(root / "pneumoniamnist.npz", tmp / "ray-data" / "pneumoniamnist.npz", 0.1)
         root = tmp / "ray-data"

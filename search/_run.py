@@ -102,12 +102,28 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def create_sampler(cfg: SamplerConfig) -> Any:
-    """Optuna's sampler by name, seeded."""
+def create_sampler(cfg: SamplerConfig, *, n_trials: int = 40) -> Any:
+    """Optuna's sampler by name, seeded.
+
+    TPE models the parameters jointly (``multivariate``, ``group`` for the ``when:`` conditions) and
+    counts running trials as if they were bad (``constant_liar``), so parallel trials do not all get
+    the same suggestion; its random start is a quarter of the sweep unless the file says otherwise.
+    """
+    import warnings
+
     import optuna
 
+    startup = cfg.n_startup_trials or max(2, min(10, n_trials // 4))
+
+    def tpe() -> Any:
+        with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(
+                seed=cfg.seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+            )
+
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=cfg.seed),
+        "tpe": tpe,
         "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
@@ -379,7 +395,7 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
         space=DefineByRun(space.ordered_params(), constants),
         metric=[o.metric for o in cfg.objectives] if multi else cfg.metric,
         mode=[o.mode for o in cfg.objectives] if multi else cfg.mode,
-        sampler=create_sampler(cfg.sampler),
+        sampler=create_sampler(cfg.sampler, n_trials=cfg.n_trials),
     )
     from ._tracking import tracking_callbacks
 

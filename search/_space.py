@@ -177,10 +177,18 @@ class Objective:
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """Optuna's sampler: ``tpe``, ``random``, ``cmaes`` (numeric spaces, one objective) or ``nsga2``."""
+    """Optuna's sampler: ``tpe``, ``random``, ``cmaes`` (numeric spaces, one objective) or ``nsga2``.
+
+    Attributes:
+        type: the sampler.
+        seed: its seed.
+        n_startup_trials: tpe: random trials before the model takes over; default a quarter of
+            ``n_trials`` (at least 2, at most Optuna's 10), so small sweeps are not mostly random.
+    """
 
     type: str = "tpe"
     seed: int | None = None
+    n_startup_trials: int | None = None
 
 
 @dataclass(frozen=True)
@@ -867,15 +875,18 @@ def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
     if value is None:
         return SamplerConfig()
     raw = _typed_section(value, origin, where, SAMPLERS, "{type: tpe, seed: 0}")
-    check_keys(raw, ("type", "seed"), origin=origin, prefix=where, what="the sampler")
+    check_keys(raw, ("type", "seed", "n_startup_trials"), origin=origin, prefix=where, what="the sampler")
     seed = _number(raw, "seed", origin=origin, where=where, kind=int, minimum=0, optional=True)
+    startup = _number(raw, "n_startup_trials", origin=origin, where=where, kind=int, minimum=1, optional=True)
     kind = raw["type"]
+    if startup is not None and kind != "tpe":
+        raise ConfigError(f"n_startup_trials applies to the tpe sampler only, not {kind}; remove it", origin=origin, field=f"{where}.n_startup_trials")
     if kind == "cmaes":
         if multi:
             raise ConfigError("cmaes optimizes one objective; use nsga2 or tpe for several objectives", origin=origin, field=f"{where}.type")
         if importlib.util.find_spec("cmaes") is None:
             raise ConfigError("the cmaes sampler needs the `cmaes` package: pip install cmaes (or use tpe)", origin=origin, field=f"{where}.type")
-    return SamplerConfig(type=kind, seed=seed)
+    return SamplerConfig(type=kind, seed=seed, n_startup_trials=startup)
 
 
 def _scheduler(value: Any, origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SchedulerConfig:

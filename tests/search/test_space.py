@@ -165,6 +165,8 @@ WHEN_ERRORS = [
     ("metric: val_auprc", "objectives: [{metric: val_auroc}, {metric: val_auroc, mode: max}]", r"search\.objectives: lists a metric twice"),
     ("metric: val_auprc", "objectives: [{metric: val_auroc, goal: max}]", r"search\.objectives\[0\]\.goal: unknown key 'goal' in an objective"),
     ("sampler: {type: nsga2, seed: 3}", "sampler: {type: tpe, seed: -1}", r"search\.sampler\.seed: `seed` must be an integer >= 0"),
+    ("sampler: {type: nsga2, seed: 3}", "sampler: {type: random, n_startup_trials: 3}",
+     r"search\.sampler\.n_startup_trials: n_startup_trials applies to the tpe sampler only, not random; remove it"),
     ("reduction_factor: 3", "reduction_factor: 1", r"search\.scheduler\.reduction_factor: `reduction_factor` must be a number > 1"),
     ("loss: {type: categorical, choices: [ce, focal]}", "loss: {type: categorical, choices: [ce, [focal]]}",
      r"space\.loss\.choices\[1\]: choices must be numbers, strings, booleans or null \(Optuna's rule\)"),
@@ -239,3 +241,14 @@ def test_set_reaches_into_a_shorthand_section(tmp_path):
     text = SEARCH.replace("scheduler: {type: asha, grace_period: 2, reduction_factor: 3}", "scheduler: median")
     cfg = load_space(write(tmp_path, text), overrides=["search.scheduler.grace_period=3", "search.sampler.seed=7"]).search
     assert (cfg.scheduler.type, cfg.scheduler.grace_period, cfg.sampler.type, cfg.sampler.seed) == ("median", 3, "nsga2", 7)
+
+
+@pytest.mark.parametrize("n_trials, given, startup", [(14, None, 3), (8, None, 2), (200, None, 10), (14, 6, 6)])
+def test_tpe_starts_with_a_quarter_of_the_sweep_at_random(n_trials, given, startup):
+    # Optuna's default 10 random trials would leave a 14-trial sweep only 4 guided ones.
+    from search._run import create_sampler
+    from search._space import SamplerConfig
+
+    sampler = create_sampler(SamplerConfig(type="tpe", seed=0, n_startup_trials=given), n_trials=n_trials)
+    assert sampler._n_startup_trials == startup
+    assert sampler._multivariate and sampler._group and sampler._constant_liar
