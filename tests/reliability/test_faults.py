@@ -101,3 +101,48 @@ def test_the_leaderboard_reports_the_disk_a_sweep_uses(faulty):
     total = sum(f.stat().st_size for t in run_dir.glob("trial_*") for f in t.rglob("*") if f.is_file()) / 1e6
     assert board["disk_mb"].sum() == pytest.approx(total, rel=0.05)
     assert "MB on disk" in stdout
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        ("TrainingDiverged: loss is nan at epoch 2: training diverged; lower `lr` or set `clip_grad_norm`", "diverged"),
+        ("ray.exceptions.RayTaskError(TrainingDiverged): loss is inf at epoch 1", "diverged"),
+        ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "errored"),
+        ("trial.yaml: pretrained_path: /x.safetensors does not exist; set pretrained_path", "errored"),
+        ("ValueError: mentions TrainingDiverged: only later", "errored"),
+    ],
+)
+def test_a_failed_trial_is_diverged_only_for_a_diverged_loss(error, status):
+    from types import SimpleNamespace
+
+    from search._leaderboard import _status
+
+    trial = SimpleNamespace(status="ERROR")
+    assert _status(trial, SimpleNamespace(error=None), 1, 2, error=error) == status
+
+
+@pytest.mark.parametrize(
+    "n_rows, seconds, budget, rc",
+    [
+        (2, 10.0, None, 130),  # Ctrl-C between two trials: none running, two never started
+        (4, 10.0, None, 0),
+        (2, 10.0, 5.0, 0),  # the time budget ended it: done, with fewer trials
+    ],
+)
+def test_a_sweep_stopped_before_n_trials_is_unfinished(n_rows, seconds, budget, rc, capsys, images):
+    from search._run import _report
+    from search._space import load_space
+
+    overrides = [f"data.root={images}", "search.n_trials=4"] + ([f"search.time_budget_s={budget}"] if budget else [])
+    space = load_space(SMOKE, overrides=overrides)
+    frame = pd.DataFrame({
+        "trial_id": [f"t{i}" for i in range(n_rows)], "status": ["finished"] * n_rows, "epochs": [2] * n_rows,
+        "best": [0.9] * n_rows, "last": [0.9] * n_rows, "wall_s": [1.0] * n_rows, "metric": ["val_auroc"] * n_rows,
+        "disk_mb": [1.5] * n_rows,
+    })
+    assert _report(frame, space, paths=[], seconds=seconds, ensemble=False) == rc
+    captured = capsys.readouterr()
+    assert f"{1.5 * n_rows:.1f} MB on disk" in captured.out
+    if rc == 130:
+        assert "continue the sweep with --resume" in captured.err

@@ -11,12 +11,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from search._run import describe
 from search._space import SECTIONS, load_space
 from trainables import ConfigError, DataConfig, load_dataset
 
 from .._images import write_class_folders
 
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True, allow_infinity=True),
@@ -32,9 +33,12 @@ param = st.fixed_dictionaries(
     optional={"low": scalars, "high": scalars, "log": scalars, "step": scalars, "choices": st.lists(scalars, max_size=3),
               "default": scalars, "when": values},
 )
+good_data = st.sampled_from([{"source": "folder", "root": "/data/images"}, {"source": "medmnist", "dataset": "pneumoniamnist"}])
 spaces = st.fixed_dictionaries(
-    {"data": st.one_of(values, st.fixed_dictionaries({"source": st.sampled_from(["folder", "csv", "medmnist", "nope"])},
-                                                     optional={"root": scalars, "dataset": scalars, "val_fraction": scalars}))},
+    # Mostly a valid data section, so that the examples reach the sections after it.
+    {"data": st.one_of(good_data, good_data, good_data, values,
+                       st.fixed_dictionaries({"source": st.sampled_from(["folder", "csv", "medmnist", "nope"])},
+                                             optional={"root": scalars, "dataset": scalars, "val_fraction": scalars}))},
     optional={
         "name": scalars,
         "fixed": st.dictionaries(param_keys, scalars, max_size=4) | values,
@@ -44,7 +48,6 @@ spaces = st.fixed_dictionaries(
         "ensemble": values,
         "storage": scalars,
         "ray": values,
-        "include": values,
     },
 )
 extra_keys = st.dictionaries(st.sampled_from(list(SECTIONS) + ["serch", "daat", "x"]), values, max_size=2)
@@ -68,7 +71,9 @@ def test_generated_space_files_load_or_fail_in_one_line(space, extra, mangle, tm
     except ConfigError as exc:
         assert "\n" not in str(exc) and str(exc).strip()
         return
-    assert loaded.data is not None and loaded.search.n_trials >= 1
+    # What the commands do next with a loaded space must not fail either.
+    assert loaded.search.n_trials >= 1 and isinstance(loaded.defaults(), dict)
+    assert describe(loaded, run_dir="/tmp/runs").startswith("space ")
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +81,23 @@ def csv_images(tmp_path_factory) -> Path:
     return write_class_folders(tmp_path_factory.mktemp("csv-images") / "img", n_per_class=6, size=16)
 
 
-cells = st.one_of(st.sampled_from(["0", "1", "-1", "", "2", "yes", "nan", "1.0", "normal", "pneumonia"]), st.text(max_size=4))
-headers = st.lists(st.sampled_from(["id", "label", "effusion", "nodule", "split", "path", "x"]), min_size=1, max_size=4)
+good_cells = st.sampled_from(["0", "1", "0", "1", "-1", ""])
+bad_cells = st.one_of(st.sampled_from(["2", "yes", "nan", "1.0", "normal", "", "no_such", "../x"]), st.text(max_size=4))
+extra_headers = st.lists(st.sampled_from(["id", "label", "effusion", "nodule", "split", "path", "x"]), max_size=2)
 
 
 @PROPERTY
-@given(header=headers, n_rows=st.integers(0, 12), data=st.data(),
-       columns=st.lists(st.sampled_from(["label", "effusion", "nodule", "missing"]), min_size=1, max_size=2, unique=True))
-def test_generated_label_csvs_load_or_fail_in_one_line(header, n_rows, data, columns, csv_images, tmp_path_factory):
+@given(columns=st.lists(st.sampled_from(["label", "effusion", "nodule", "missing"]), min_size=1, max_size=2, unique=True),
+       keep=st.booleans(), extra=extra_headers, n_rows=st.integers(0, 14), damage=st.lists(st.tuples(st.integers(0, 13), st.integers(0, 5), bad_cells), max_size=2),
+       data=st.data())
+def test_generated_label_csvs_load_or_fail_in_one_line(columns, keep, extra, n_rows, damage, data, csv_images, tmp_path_factory):
+    # Mostly the header the data section names and plausible rows, then a few cells damaged.
+    header = (["id"] + [c for c in columns if c != "missing"] if keep else []) + extra or ["x"]
     files = sorted(p.relative_to(csv_images).with_suffix("").as_posix() for p in csv_images.rglob("*.png"))
-    ids = st.one_of(st.sampled_from(files), st.sampled_from(["no_such", "", "../x"]), st.text(max_size=4))
-    rows = [[data.draw(ids if h == "id" else cells) for h in header] for _ in range(n_rows)]
+    rows = [[data.draw(st.sampled_from(files) if h == "id" else good_cells) for h in header] for _ in range(n_rows)]
+    for r, c, value in damage:
+        if r < len(rows):
+            rows[r][c % len(header)] = value
     tmp = tmp_path_factory.mktemp("csv")
     csv = tmp / "labels.csv"
     csv.write_text("\n".join([",".join(header)] + [",".join(_quote(c) for c in r) for r in rows]) + "\n")
