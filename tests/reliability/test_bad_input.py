@@ -139,6 +139,28 @@ def multilabel_bad_value(tmp):
             "only 1, 0, -1 (uncertain) or blank")
 
 
+class _Payload:
+    """A pickle that runs a command when unpickled."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.target}",)
+
+
+def code_in_checkpoint(tmp):
+    import pickle
+
+    root = folder(tmp)
+    s = space_file(tmp, f"{{source: folder, root: {root}, cache_dir: {tmp / 'c'}}}")
+    (tmp / "out" / "checkpoint").mkdir(parents=True)
+    (tmp / "out" / "checkpoint" / "state.pt").write_bytes(pickle.dumps({"epoch": _Payload(tmp / "pwned")}))
+    return "fit", fit(tmp, s) + ["--resume"], "state.pt", "checkpoint", "delete the checkpoint folder"
+
+
 # ----------------------------------------------------------------- space files
 
 
@@ -185,7 +207,7 @@ def unsafe_yaml_tag(tmp):
 
 DATA_CASES: dict[str, Callable] = {f.__name__: f for f in (
     missing_data_dir, empty_class_folder, single_class, corrupt_png, truncated_jpeg, truncated_npz,
-    npz_labels_out_of_range, csv_unknown_ids, csv_missing_column, csv_negative_label, multilabel_bad_value,
+    npz_labels_out_of_range, code_in_checkpoint, csv_unknown_ids, csv_missing_column, csv_negative_label, multilabel_bad_value,
     yaml_syntax_error, unknown_key, unknown_parameter, wrong_type, impossible_bounds, unknown_backbone, unsafe_yaml_tag,
 )}
 

@@ -3,7 +3,10 @@ last checkpoint on the remaining node and the sweep completes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +16,7 @@ from .conftest import descendants, start, sweep_argv, tail, wait_gone, wait_unti
 
 pytestmark = pytest.mark.ray
 
-EPOCHS = 4
+EPOCHS = 8
 
 
 def results(trial_dir: Path) -> list[dict]:
@@ -32,14 +35,17 @@ def results(trial_dir: Path) -> list[dict]:
 def test_a_killed_worker_node_costs_its_trials_only_the_epochs_since_their_checkpoint(images, tmp_path):
     from ray.cluster_utils import Cluster
 
-    # One CPU per node: the two one-CPU trials start one on each node.
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # One CPU per node: the two one-CPU trials start one on each node. The GCS notices a dead node
+    # after ~1.5 s instead of Ray's default ~15 s.
+    fast_health_checks = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": fast_health_checks})
     try:
         worker = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         run_dir = tmp_path / "runs" / "smoke"
         argv = sweep_argv(images, tmp_path / "runs", "--address", cluster.address, "--no-ensemble",
                           "--set", "search.n_trials=2", "--set", "search.scheduler=fifo", "--set", f"epochs={EPOCHS}",
+                          "--set", "image_size=64",
                           "--set", "search.max_failures=2")
         log = tmp_path / "sweep.log"
         proc = start(argv, log)
@@ -54,10 +60,17 @@ def test_a_killed_worker_node_costs_its_trials_only_the_epochs_since_their_check
                     return True
             return False
 
-        wait_until(a_trial_has_a_checkpoint_on_the_worker, timeout=300, every=0.05, what="an epoch reported from the worker node")
         raylet = worker.all_processes["raylet"][0].process.pid
+        wait_until(a_trial_has_a_checkpoint_on_the_worker, timeout=300, every=0.02, what="an epoch reported from the worker node")
+        # Frozen at once (the trial must not finish while the node is being taken down), then killed.
         left = descendants(raylet) | {raylet}
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
         cluster.remove_node(worker, allow_graceful=False)
+        for pid in left:  # whatever remove_node did not kill itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         # A trial process of the dead node must not write into the trial folder while its retry does.
         wait_gone(left, timeout=30)
         rc = proc.wait(timeout=400)
