@@ -2,7 +2,8 @@
 
 Columns: ``trial_id``, ``status`` (finished, pruned, diverged, errored, running, pending), ``epochs``,
 ``max_epochs``, ``metric``, ``best``, ``last``, ``best_epoch``, ``wall_s``, ``node_ip``, ``node_id``, ``error``,
-``disk_mb`` (what the trial's folder holds; empty for remote storage), ``path`` (the trial's folder), ``checkpoint`` (its best checkpoint), ``predictions_val`` and ``predictions_test``
+``disk_mb`` (what the trial's folder holds; empty for remote storage), ``path`` (the trial's folder),
+``checkpoint`` (its best checkpoint), ``predictions_val`` and ``predictions_test``
 (the best epoch's predictions, inside that checkpoint), ``last/<metric>`` for each further
 objective, then every config value as ``config/<key>`` (the data section left out).
 """
