@@ -73,6 +73,10 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
         epochs_col = _column(history, "training_iteration")
         best_epoch = int(epochs_col[j]) if epochs_col.size > j and not math.isnan(epochs_col[j]) else j + 1
     last = metrics.get(metric, math.nan)
+    if math.isnan(best) and isinstance(last, (int, float)) and not math.isnan(last):
+        # No history: Tune syncs progress.csv from a staging folder, and a driver killed mid-sync leaves
+        # it empty; the last result survives in the experiment state, and the trainable reports its best epoch.
+        best, best_epoch = float(last), metrics.get("best_epoch") or epochs or None
     error = error_line(result.error) if result.error is not None else None
     status = _status(trial, result, epochs, max_epochs, error=error)
     ckpt = None

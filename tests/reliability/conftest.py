@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 import pytest
 
 from .._images import write_class_folders
@@ -160,10 +159,13 @@ class Stopped:
     resumed_out: str
 
 
-def trial_state(trial_dir: Path) -> tuple:
-    """What a trial that ran again would change: its checkpoints (names, state.pt times) and its epochs."""
-    ckpts = sorted((p.parent.name, p.stat().st_mtime_ns) for p in trial_dir.glob("checkpoint_*/state.pt"))
-    return ckpts, pd.read_csv(trial_dir / "progress.csv")["epoch"].tolist()
+def trial_state(trial_dir: Path) -> list[tuple[str, int]]:
+    """What a trial that ran again would change: its checkpoints (names, state.pt times).
+
+    Not progress.csv: Tune writes it in a staging folder and copies it into the run folder, so a
+    driver killed mid-copy leaves it short (the experiment state and the checkpoints are whole).
+    """
+    return sorted((p.parent.name, p.stat().st_mtime_ns) for p in trial_dir.glob("checkpoint_*/state.pt"))
 
 
 def cmdline(pid: int) -> str:
@@ -175,7 +177,8 @@ def cmdline(pid: int) -> str:
 
 def stop_after(argv: list[str], log: Path, run_dir: Path, *, n_finished: int, sig: int) -> Stage:
     """Run the driver until Tune's saved state holds ``n_finished`` finished trials, then send ``sig``."""
-    proc = start(argv, log)
+    # Its own process group, like a command in a terminal: Ctrl-C there reaches the whole group.
+    proc = start(argv, log, start_new_session=True)
     try:
         def enough() -> bool:
             assert proc.poll() is None, tail(log)
@@ -183,7 +186,10 @@ def stop_after(argv: list[str], log: Path, run_dir: Path, *, n_finished: int, si
 
         wait_until(enough, timeout=300, what=f"{n_finished} finished trials in the saved state")
         tree = descendants(proc.pid)
-        proc.send_signal(sig)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:  # SIGKILL hits the driver alone, as the OOM killer or a lost node would
+            proc.send_signal(sig)
         rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:

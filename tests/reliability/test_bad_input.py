@@ -157,7 +157,7 @@ def code_in_checkpoint(tmp):
     root = folder(tmp)
     s = space_file(tmp, f"{{source: folder, root: {root}, cache_dir: {tmp / 'c'}}}")
     (tmp / "out" / "checkpoint").mkdir(parents=True)
-    (tmp / "out" / "checkpoint" / "state.pt").write_bytes(pickle.dumps({"epoch": _Payload(tmp / "pwned")}))
+    (tmp / "out" / "checkpoint" / "state.pt").write_bytes(pickle.dumps({"epoch": _Payload(tmp / "pwned")}, protocol=2))
     return "fit", fit(tmp, s) + ["--resume"], "state.pt", "checkpoint", "delete the checkpoint folder"
 
 

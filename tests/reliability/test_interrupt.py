@@ -46,6 +46,7 @@ def test_the_resumed_sweep_reaches_n_trials_and_builds_the_ensemble(stopped):
     board = pd.read_parquet(stopped.run_dir / "leaderboard.parquet")
     assert len(board) == N_TRIALS and board["trial_id"].is_unique
     assert set(board["status"]) <= {"finished", "pruned"}, board[["trial_id", "status", "error"]]
+    assert board["best"].notna().all() and board["checkpoint"].map(lambda p: Path(p).is_dir()).all()
     assert (stopped.run_dir / "ensemble" / "manifest.json").is_file()
     assert "ensemble: bundle written to" in stopped.resumed_out
 
