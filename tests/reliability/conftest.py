@@ -20,8 +20,11 @@ from .._images import write_class_folders
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "spaces" / "smoke.yaml"
-# Drivers in subprocesses start their own local Ray, never the test process's, and import this checkout.
-ENV = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+def child_env() -> dict[str, str]:
+    """The environment of a driver in a subprocess: its own local Ray (never the test process's, unless
+    --address says so), this checkout on the path. Read at call time: a Ray started in this process
+    (another package's fixture, a ``Cluster``) sets variables, e.g. its auth token, that a child needs."""
+    return {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="package")
@@ -44,7 +47,7 @@ def sweep_argv(images: Path, out: Path, *extra: str) -> list[str]:
 def start(argv: Sequence[str], log: Path, **kwargs) -> subprocess.Popen:
     """A command in its own process, stdout and stderr to ``log`` (a pipe nobody reads could block it)."""
     fh = open(log, "w")  # noqa: SIM115 - the child holds it; closed when the test's tmp_path goes
-    return subprocess.Popen(list(argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=ENV, **kwargs)
+    return subprocess.Popen(list(argv), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT, env=child_env(), **kwargs)
 
 
 def tail(log: Path, n: int = 4000) -> str:
@@ -215,5 +218,5 @@ def stopped(images, tmp_path_factory) -> Stopped:
                       "--set", "ensemble.n_folds=3")
     ctrl_c = stop_after(argv, tmp / "ctrl_c.log", run_dir, n_finished=1, sig=signal.SIGINT)
     sigkill = stop_after(argv + ["--resume"], tmp / "sigkill.log", run_dir, n_finished=2, sig=signal.SIGKILL)
-    resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
     return Stopped(run_dir, ctrl_c, sigkill, resumed.returncode, resumed.stdout + resumed.stderr)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from .._images import write_class_folders
-from .conftest import ENV, REPO, assert_one_line_error
+from .conftest import REPO, assert_one_line_error, child_env
 
 FIXED = "{backbone: test_resnet, epochs: 1, batch_size: 8, image_size: 16, threads: 1}"
 
@@ -310,8 +310,8 @@ def test_a_real_process_exits_2_with_one_line_and_a_traceback_only_with_debug(tm
     # One real process stands for all: the cases above call the same ``main`` in this process.
     _, argv, file, field, fix = unknown_key(tmp_path)
     cmd = [sys.executable, "-m", "search.run", *argv]
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert_one_line_error(proc.stderr, file, field, fix)
-    debug = subprocess.run(cmd + ["--debug"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    debug = subprocess.run(cmd + ["--debug"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120)
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "ConfigError" in debug.stderr
