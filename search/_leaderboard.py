@@ -1,8 +1,9 @@
 """The leaderboard: one row per trial of a sweep, from Tune's results, written as parquet and CSV.
 
-Columns: ``trial_id``, ``status`` (finished, pruned, errored, running, pending), ``epochs``,
-``max_epochs``, ``metric``, ``best``, ``last``, ``best_epoch``, ``wall_s``, ``node_ip``, ``node_id``, ``error``, ``path`` (the
-trial's folder), ``checkpoint`` (its best checkpoint), ``predictions_val`` and ``predictions_test``
+Columns: ``trial_id``, ``status`` (finished, pruned, diverged, errored, running, pending), ``epochs``,
+``max_epochs``, ``metric``, ``best``, ``last``, ``best_epoch``, ``wall_s``, ``node_ip``, ``node_id``, ``error``,
+``disk_mb`` (what the trial's folder holds; empty for remote storage), ``path`` (the trial's folder),
+``checkpoint`` (its best checkpoint), ``predictions_val`` and ``predictions_test``
 (the best epoch's predictions, inside that checkpoint), ``last/<metric>`` for each further
 objective, then every config value as ``config/<key>`` (the data section left out).
 """
@@ -15,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._progress import error_line, trial_max_epochs
+from ._progress import error_line, is_diverged, trial_max_epochs
 from ._space import Space
 
 # Tune's trial states to the leaderboard's.
@@ -46,7 +47,7 @@ def leaderboard(results: Any, space: Space, *, uri_prefix: str = "") -> "pd.Data
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    rank = frame["status"].map({"finished": 0, "pruned": 0, "running": 1, "pending": 2, "errored": 3}).fillna(2)
+    rank = frame["status"].map({"finished": 0, "pruned": 0, "running": 1, "pending": 2, "diverged": 3, "errored": 3}).fillna(2)
     key = frame["best"].astype(float)
     key = -key if mode == "max" else key
     frame = frame.assign(_rank=rank, _key=key.fillna(math.inf)).sort_values(["_rank", "_key", "trial_id"], kind="stable")
@@ -72,7 +73,12 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
         epochs_col = _column(history, "training_iteration")
         best_epoch = int(epochs_col[j]) if epochs_col.size > j and not math.isnan(epochs_col[j]) else j + 1
     last = metrics.get(metric, math.nan)
-    status = _status(trial, result, epochs, max_epochs)
+    if math.isnan(best) and isinstance(last, (int, float)) and not math.isnan(last):
+        # No history: Tune syncs progress.csv from a staging folder, and a driver killed mid-sync leaves
+        # it empty; the last result survives in the experiment state, and the trainable reports its best epoch.
+        best, best_epoch = float(last), metrics.get("best_epoch") or epochs or None
+    error = error_line(result.error) if result.error is not None else None
+    status = _status(trial, result, epochs, max_epochs, error=error)
     ckpt = None
     if status != "pending":
         try:
@@ -93,7 +99,8 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
         "wall_s": float(metrics.get("time_total_s", math.nan) or math.nan),
         "node_ip": metrics.get("node_ip"),  # where it ran (Tune adds it to every result)
         "node_id": metrics.get("node_id"),  # the trainable's Ray node id: distinguishes nodes on one machine
-        "error": error_line(result.error) if result.error is not None else None,
+        "error": error,
+        "disk_mb": _disk_mb(result.path) if result.path and not uri_prefix else None,
         "path": uri_prefix + result.path if result.path else None,
         "checkpoint": ckpt_path,
         "predictions_val": f"{ckpt_path}/predictions_val.parquet" if ckpt_path else None,
@@ -108,14 +115,31 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
     return row
 
 
-def _status(trial: Any, result: Any, epochs: int, max_epochs: int) -> str:
+def _status(trial: Any, result: Any, epochs: int, max_epochs: int, *, error: str | None = None) -> str:
     state = getattr(trial, "status", None)
     if state == "ERROR" or (state is None and result.error is not None):
-        return "errored"
+        # A NaN/inf loss is the trial's own outcome (lower lr, clip gradients), not a fault to retry.
+        return "diverged" if is_diverged(error) else "errored"
     if state in _STATUS:
         return _STATUS[state]
     # TERMINATED (or unknown): stopped by the scheduler or the time budget before its last epoch?
     return "finished" if epochs >= max_epochs else "pruned"
+
+
+def _disk_mb(path: str) -> float | None:
+    """Megabytes under a local trial folder (checkpoints, predictions, logs); ``None`` when it is not here."""
+    import os
+
+    if not os.path.isdir(path):
+        return None
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed meanwhile (Tune deleting an old checkpoint)
+                continue
+    return total / 1e6
 
 
 def _column(frame: Any, name: str) -> np.ndarray:

@@ -18,6 +18,13 @@ from typing import Any, Mapping, Sequence
 from ray.tune import Callback
 
 DONE = ("TERMINATED", "ERROR")
+# How the error of a trial whose loss became NaN or infinite begins (``trainables.TrainingDiverged``).
+DIVERGED = "TrainingDiverged"
+
+
+def is_diverged(error: str | None) -> bool:
+    """Whether a trial's one-line error (``error_line``) is a diverged loss rather than a fault."""
+    return DIVERGED in (error or "").split(": ", 1)[0]
 
 
 def error_line(error: Any) -> str:
@@ -239,7 +246,8 @@ class Progress(Callback):
         params = " ".join(f"{k}={_short(config[k])}" for k in self.shown if k in config)
         head = f"[medsweep] trial {done}/{self.n_trials} {trial.trial_id}"
         if error is not None:
-            text = f"{head} errored after {epochs} epochs: {error}"
+            outcome = "diverged" if is_diverged(error) else "errored"
+            text = f"{head} {outcome} after {epochs} epochs: {error}"
         else:
             status = "finished" if epochs >= want else f"pruned at epoch {epochs}"
             value = trial_best(trial, self.metric, self.mode)

@@ -294,6 +294,7 @@ def run_sweep(
     resolved = space.resolved()
     resolved["data"] = constants["data"]
     space_text = yaml.safe_dump(resolved, sort_keys=False)
+    n_trials = cfg.n_trials
 
     # Checked before Ray starts, so a wrong flag or a missing folder costs no cluster start-up.
     exists = tune.Tuner.can_restore(run_dir)
@@ -320,6 +321,7 @@ def run_sweep(
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         if resume:
             saved = read_text(run_dir, "space.yaml")
+            n_trials = _saved_n_trials(saved, default=n_trials)
             if saved is not None and saved != space_text:
                 print(f"[medsweep] note: the space differs from {run_dir}/space.yaml; a resumed sweep keeps the space it started with")
             print(f"[medsweep] resuming {run_dir}", flush=True)
@@ -349,7 +351,7 @@ def run_sweep(
             import ray
 
             ray.shutdown()
-    status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir)
+    status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials)
     _publish(space, run_dir)
     return status
 
@@ -380,6 +382,15 @@ def _publish(space: Space, run_dir: str) -> None:
 
 def _reason(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _saved_n_trials(text: str | None, *, default: int) -> int:
+    """``search.n_trials`` of the sweep's own ``space.yaml``: a resumed sweep runs to the count it started with."""
+    try:
+        value = (yaml.safe_load(text or "") or {}).get("search", {}).get("n_trials")
+    except (yaml.YAMLError, AttributeError):
+        return default
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mapping[str, Any], verbose: bool = False) -> Any:
@@ -421,8 +432,10 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
             name=space.name,
             storage_path=run_dir.rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
+            # With a score attribute Ray keeps the best ``num_to_keep`` and, besides, always the latest:
+            # 1 means at most two per trial, the best (the ensemble's) and the last (for resuming).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
+                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
             ),
             callbacks=[progress, *tracking_callbacks(space, run_dir=run_dir)],
             verbose=1 if verbose else 0,
@@ -430,13 +443,22 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
     )
 
 
-def _report(frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool, run_dir: str = "") -> int:
+def _report(
+    frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool, run_dir: str = "", n_trials: int | None = None
+) -> int:
     """The end of a sweep for people: a summary line, the top of the leaderboard, the paths, the ensemble; the exit status."""
     from ._leaderboard import format_table
 
+    n_trials = space.search.n_trials if n_trials is None else n_trials
     counts = frame["status"].value_counts().to_dict() if not frame.empty else {}
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    print(f"\n[medsweep] sweep {space.name} done in {seconds:.0f}s: {summary or 'no trials'}")
+    # Ctrl+C between two trials leaves none running: the trials not yet started are what is unfinished
+    # (unless the time budget, not an interrupt, ended the sweep).
+    budget = space.search.time_budget_s
+    if budget is None or seconds < budget:
+        counts["pending"] = counts.get("pending", 0) + max(0, n_trials - len(frame))
+    disk = f"; {frame['disk_mb'].sum():.1f} MB on disk" if "disk_mb" in frame and frame["disk_mb"].notna().any() else ""
+    print(f"\n[medsweep] sweep {space.name} done in {seconds:.0f}s: {summary or 'no trials'}{disk}")
     print(format_table(frame, shown=list(space.params)))
     print("\nwritten:")
     for p in paths:

@@ -474,12 +474,22 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
 
 def _read_yaml(path: Path, origin: str) -> Any:
     try:
-        return yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the file ({type(exc).__name__}: {exc}); save it as UTF-8 text", origin=origin) from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        if mark is not None:
+            where = f"line {mark.line + 1}, column {mark.column + 1}"
+        else:  # a ReaderError (a character YAML does not allow) has a position, not a mark
+            where = f"character {getattr(exc, 'position', '?')}"
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
         raise ConfigError(f"YAML syntax error at {where}: {problem}; fix the file's indentation or quoting", origin=origin) from None
+    except (ValueError, RecursionError) as exc:  # PyYAML's own slips, e.g. an escape "\U00ffffff" past Unicode
+        reason = " ".join(str(exc).split())[:120]
+        raise ConfigError(f"YAML that the parser cannot read ({type(exc).__name__}: {reason}); fix the quoted strings", origin=origin) from None
 
 
 def _resolve_includes(raw: dict[str, Any], path: Path, origin: str, *, seen: tuple[Path, ...]) -> dict[str, Any]:

@@ -457,6 +457,12 @@ class CSVSource:
                 )
         if self.split_column and self.split_column not in df.columns:
             raise ConfigError(f"{csv} has no column {self.split_column!r}; set data.split_column", field="data.split_column")
+        blank = df[self.id_column].isna().to_numpy()
+        if blank.any():  # pandas 3 keeps a blank as NaN through astype(str): not an id to look up
+            rows = (np.flatnonzero(blank)[:5] + 2).tolist()
+            raise ConfigError(
+                f"{csv}: column {self.id_column!r} is blank on line(s) {rows}; fill or drop those rows", field="data.id_column"
+            )
         ids = df[self.id_column].astype(str).tolist()
         paths = [self._resolve(img_dir, i) for i in ids]
         unknown = [i for i, p in zip(ids, paths) if p is None]
@@ -488,8 +494,15 @@ class CSVSource:
                 tr, rest = train_test_split(idx, test_size=held, stratify=strat, random_state=self.seed)
                 va, te = train_test_split(rest, test_size=self.test_fraction / held, stratify=strat[rest], random_state=self.seed)
             except ValueError:  # a class too small to stratify: fall back to a plain random split
-                tr, rest = train_test_split(idx, test_size=held, random_state=self.seed)
-                va, te = train_test_split(rest, test_size=self.test_fraction / held, random_state=self.seed)
+                try:
+                    tr, rest = train_test_split(idx, test_size=held, random_state=self.seed)
+                    va, te = train_test_split(rest, test_size=self.test_fraction / held, random_state=self.seed)
+                except ValueError:
+                    raise ConfigError(
+                        f"{csv} has {len(df)} row(s), too few to split into train, val and test "
+                        f"(val_fraction {self.val_fraction:g}, test_fraction {self.test_fraction:g}); add rows or set data.split_column",
+                        field="data.labels_csv",
+                    ) from None
             parts = {"train": np.sort(tr), "val": np.sort(va), "test": np.sort(te)}
         splits = {}
         for split, ix in parts.items():

@@ -16,12 +16,15 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ._cache import DataConfig, Dataset, load_dataset
+from ._errors import ConfigError
 from ._metrics import compute_metrics
 from ._params import TrainParams
 
 STATE_FILE = "state.pt"
 LAST_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+# Written into the trial folder when the loss diverges: Tune's retry (FailureConfig) would only diverge again.
+DIVERGED_FILE = "diverged.txt"
 
 
 def _in_tune() -> bool:
@@ -54,9 +57,18 @@ def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
         import ray.tune
 
         out_dir = Path(ray.tune.get_context().get_trial_dir())
+        marker = out_dir / DIVERGED_FILE
+        if marker.is_file():
+            raise TrainingDiverged(f"{marker.read_text().strip()} (in an earlier attempt; not retried)")
     else:
         out_dir = Path(config.get("_out_dir") or "runs/fit")
-    last = _Run(params, data, out_dir, tune=tune, resume=bool(config.get("_resume", False)), config=config).run()
+    run = _Run(params, data, out_dir, tune=tune, resume=bool(config.get("_resume", False)), config=config)
+    try:
+        last = run.run()
+    except TrainingDiverged as exc:
+        if tune:
+            (out_dir / DIVERGED_FILE).write_text(str(exc))
+        raise
     # Under Tune a returned dict counts as one more result (an extra iteration for ASHA): return nothing.
     return None if tune else last
 
@@ -464,7 +476,7 @@ class _Run:
         if directory is None:
             return
         try:
-            state = self.torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+            state = _load_state(self.torch, directory / STATE_FILE, device=self.device)
             self.model.load_state_dict(load_file(directory / LAST_WEIGHTS, device=str(self.device)))
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
@@ -595,6 +607,22 @@ def _prefetch(iterator, *, depth: int = 2):
                 q.get_nowait()
             except queue.Empty:
                 thread.join(timeout=0.05)
+
+
+def _load_state(torch: Any, path: Path, *, device: Any) -> dict[str, Any]:
+    """A checkpoint's ``state.pt``, weights-only: a file that needs real unpickling (code) is refused, not run."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise ConfigError(
+            f"not a weights-only checkpoint state ({type(exc).__name__}: {reason}); delete the checkpoint "
+            "folder and start the run again",
+            origin=str(path),
+            field="checkpoint",
+        ) from None
 
 
 def _contiguous(state: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from ._errors import ConfigError, cli_error_line
+from ._train import TrainingDiverged
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,6 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(cli_error_line(exc, args.space), file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        if args.debug:
+            raise
+        print(f"medsweep: error: {exc} (outputs of the epochs before it are in {args.out})", file=sys.stderr)
+        return 1
     print(f"[medsweep] done: best {row.get('best_score', float('nan')):.4f} at epoch {row.get('best_epoch')}; outputs in {args.out}")
     return 0
 
