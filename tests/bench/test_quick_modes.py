@@ -27,12 +27,13 @@ def _bench(script, *args, out):
 def test_throughput_quick_measures_every_part(tmp_path):
     stdout, result = _bench("throughput.py", "--rounds", "1", "--gpu-smoke", out=tmp_path / "throughput.json")
     assert result["bare_median"] > 0 and result["trainable_median"] > 0
-    assert result["ratio"] == round(result["trainable_median"] / result["bare_median"], 3)
+    # The ratio comes from the unrounded medians; the medians are written rounded to 0.1 img/s.
+    assert result["ratio"] == pytest.approx(result["trainable_median"] / result["bare_median"], abs=2e-3)
     levels = result["pipeline"]["levels"]
     assert list(levels) == ["none", "simple", "enhanced", "advanced"]
     assert all(v["images_per_s"] > 0 and v["vs_training"] > 0 for v in levels.values())
     ray = result["ray"]
-    assert ray["sum_trial_s"] > 0 and ray["ratio"] == round(ray["sweep_wall_s"] / ray["ideal_s"], 3)
+    assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], abs=2e-3)
     bundle = result["bundle"]
     assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
     gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
