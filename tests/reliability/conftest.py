@@ -24,7 +24,10 @@ def child_env() -> dict[str, str]:
     """The environment of a driver in a subprocess: its own local Ray (never the test process's, unless
     --address says so), this checkout on the path. Read at call time: a Ray started in this process
     (another package's fixture, a ``Cluster``) sets variables, e.g. its auth token, that a child needs."""
-    return {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    # Tune saves the experiment state every ~10 s by default; each second here, so the stop tests see
+    # a finished trial in the saved state before the (fast) sweep is over.
+    return {**os.environ, "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 
 
 @pytest.fixture(scope="package")
@@ -214,8 +217,10 @@ def stopped(images, tmp_path_factory) -> Stopped:
     tmp = tmp_path_factory.mktemp("stopped")
     out = tmp / "runs"
     run_dir = out / "smoke"
+    # Trials of several seconds (12 epochs, no pruning): a reused actor runs a 2-epoch smoke trial in
+    # 0.4 s, and the resumed sweep could finish before the saved state showed the trial to stop after.
     argv = sweep_argv(images, out, "--set", f"search.n_trials={N_TRIALS}", "--set", "search.max_concurrent=1",
-                      "--set", "ensemble.n_folds=3")
+                      "--set", "ensemble.n_folds=3", "--set", "epochs=12", "--set", "search.scheduler=fifo")
     ctrl_c = stop_after(argv, tmp / "ctrl_c.log", run_dir, n_finished=1, sig=signal.SIGINT)
     sigkill = stop_after(argv + ["--resume"], tmp / "sigkill.log", run_dir, n_finished=2, sig=signal.SIGKILL)
     resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
