@@ -117,9 +117,11 @@ def plot(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) ->
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    styles = {"tpe_asha": ("-", 3.0), "random_asha": ("--", 2.0), "random_full": (":", 2.0)}  # curves can coincide
     for name, pts in curves.items():
         if pts:
-            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", label=name)
+            ls, lw = styles.get(name, ("-", 1.5))
+            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", label=name, linestyle=ls, linewidth=lw)
     ax.set_xlabel("cumulative trial-epochs")
     ax.set_ylabel(f"best {metric} so far")
     finals = [pts[-1][1] for pts in curves.values() if pts]

@@ -33,7 +33,8 @@ def test_throughput_quick_measures_every_part(tmp_path):
     assert list(levels) == ["none", "simple", "enhanced", "advanced"]
     assert all(v["images_per_s"] > 0 and v["vs_training"] > 0 for v in levels.values())
     ray = result["ray"]
-    assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], abs=2e-3)
+    # ideal_s is written rounded to 0.1 s (about 10 s in quick mode), so the check allows that rounding.
+    assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], rel=2e-2)
     bundle = result["bundle"]
     assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
     gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
