@@ -23,18 +23,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
+        from search._run import trial_constants
         from search._space import load_space
 
         from ._train import train
 
         space = load_space(args.space, overrides=args.overrides)
-        config = {
-            **space.defaults(),
-            "data": space.data.to_dict(),
-            "_origin": space.origin,
-            "_out_dir": args.out,
-            "_resume": args.resume,
-        }
+        # The same constants a sweep's trials get, so the best epoch is picked by the space's metric.
+        config = {**space.defaults(), **trial_constants(space), "_out_dir": args.out, "_resume": args.resume}
         row = train(config)
     except ConfigError as exc:
         if args.debug:

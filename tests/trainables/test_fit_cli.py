@@ -74,3 +74,18 @@ def test_cli_as_a_process_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "data.root" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_fit_picks_the_best_epoch_by_the_spaces_metric(tmp_path, monkeypatch):
+    """A standalone run selects its best epoch (and so its predictions) as the space's sweep would."""
+    import trainables._train
+
+    seen = {}
+    monkeypatch.setattr(trainables._train, "train", lambda config: seen.update(config) or {"best_score": 0.5})
+    s = space(tmp_path, f"{{source: medmnist, dataset: bloodmnist, root: {tmp_path}}}")
+    s.write_text(s.read_text() + "search: {metric: val_accuracy, mode: max}\n")
+    assert main([str(s), "--out", str(tmp_path / "out")]) == 0
+    assert seen["select_metric"] == "val_accuracy" and seen["backbone"] == "test_resnet"
+    s.write_text(s.read_text().replace("fixed: {", "fixed: {select_metric: val_auprc, "))
+    assert main([str(s), "--out", str(tmp_path / "out")]) == 0
+    assert seen["select_metric"] == "val_auprc"  # an explicit choice wins
