@@ -103,12 +103,47 @@ def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extr
     counts = board["status"].value_counts().to_dict()
     trial_epochs = int(board["epochs"].fillna(0).sum())
     return {"wall_s": round(wall, 1), "run_dir": str(run_dir), "metrics": metrics, "status_counts": counts,
-            "trial_epochs": trial_epochs, "command": "python " + " ".join(cmd[1:]), "log": str(log)}
+            "trial_epochs": trial_epochs, "command": "python " + " ".join(cmd[1:]), "log": str(log),
+            "trials_on_test": trials_on_test(board)}
+
+
+def trials_on_test(board) -> dict:
+    """Diagnosis only, read after every choice is made: each trial's test figures from its stored predictions.
+
+    The best of them is the ceiling any choice on validation could have reached with these trials; the rank
+    correlation says whether validation ranks the trials as the test split would.
+    """
+    import pandas as pd
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    rows = []
+    for _, r in board.iterrows():
+        if not (isinstance(r.get("predictions_val"), str) and isinstance(r.get("predictions_test"), str)):
+            continue
+        got = {}
+        for split in ("val", "test"):
+            f = pd.read_parquet(r[f"predictions_{split}"])
+            prob = f[[c for c in f.columns if c.startswith("prob_")]].to_numpy()
+            y = f["label"].to_numpy()
+            got[f"{split}_accuracy"] = float(accuracy_score(y, prob.argmax(1)))
+            try:
+                got[f"{split}_auroc"] = float(roc_auc_score(y, prob[:, 1]) if prob.shape[1] == 2
+                                              else roc_auc_score(y, prob, multi_class="ovr"))
+            except ValueError:  # a split with one class
+                got[f"{split}_auroc"] = float("nan")
+        rows.append(got)
+    if not rows:
+        return {}
+    t = pd.DataFrame(rows)
+    return {"trials": len(t), "best_test_auroc": round(float(t["test_auroc"].max()), 4),
+            "best_test_accuracy": round(float(t["test_accuracy"].max()), 4),
+            "spearman_val_test_auroc": round(float(t["val_auroc"].corr(t["test_auroc"], method="spearman")), 3)}
 
 
 def summarise(dataset: str, res: dict) -> dict:
     m = res["metrics"]
-    row = {"dataset": dataset, "wall_s": res["wall_s"], "trials": res["status_counts"], "trial_epochs": res["trial_epochs"]}
+    row = {"dataset": dataset, "wall_s": res["wall_s"], "trials": res["status_counts"], "trial_epochs": res["trial_epochs"],
+           "trials_on_test": res.get("trials_on_test", {})}
     for who in ("ensemble", "best_single"):
         for k in ("auroc", "accuracy", "ece", "auroc_ci95", "threshold"):
             if f"test.{who}.{k}" in m:
@@ -137,6 +172,10 @@ def table(rows: list[dict]) -> str:
                        f"{r.get(who + '_accuracy', float('nan')):>9.4f}{at_text}")
         for name, (auc, acc) in PUBLISHED[ds].items():
             out.append(f"  {name:<28} {auc:>10.3f} {acc:>9.3f}")
+        tt = r.get("trials_on_test") or {}
+        if tt:
+            out.append(f"  diagnosis (after the fact): best test AUROC of any of {tt['trials']} trials {tt['best_test_auroc']:.4f}, "
+                       f"best test accuracy {tt['best_test_accuracy']:.4f} (at argmax); val/test Spearman {tt['spearman_val_test_auroc']}")
         for k, t in r["targets"].items():
             gap = (t["got"] - t["target"]) if t["got"] is not None else float("nan")
             out.append(f"  target {k} >= {t['target']}: {'met' if t['met'] else 'MISSED'} ({t['got']:.4f}, gap {gap:+.4f})")

@@ -52,6 +52,9 @@ def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
         for who in ("ensemble", "best_single"):
             assert 0.0 <= row[f"{who}_auroc"] <= 1.0 and 0.0 <= row[f"{who}_accuracy"] <= 1.0
         assert all(t["met"] == (t["got"] >= t["target"]) for t in row["targets"].values())
+        diag = row["trials_on_test"]  # each trial's test figures, read after the fact
+        assert diag["trials"] >= 1 and 0.0 <= diag["best_test_accuracy"] <= 1.0
+        assert row["best_single_accuracy"] <= diag["best_test_accuracy"] + 1e-9  # the best single is one of them
     assert 0.0 <= rows["pneumoniamnist"]["ensemble_accuracy_at_threshold"] <= 1.0  # binary: the validation-chosen cut
     assert "Google AutoML Vision" in stdout and "target accuracy >= 0.966" in stdout
 
@@ -79,6 +82,9 @@ def test_ast_quick_writes_time_and_auroc_per_rate(tmp_path):
     assert rows[1.0]["time_vs_dense"] == 1.0
     assert abs(rows[0.25]["achieved_rate"] - 0.25) < 0.1
     assert 0.5 <= rows[1.0]["best_val_auroc"] <= 1.0
+    for row in rows.values():  # accuracy beside time, measured at the epoch validation picks
+        assert 1 <= row["best_epoch"] <= 2 and 0.0 <= row["val_accuracy"] <= 1.0
+        assert 0.0 <= row["test_auroc"] <= 1.0 and 0.0 <= row["test_accuracy"] <= 1.0
 
 
 def test_augment_quick_writes_throughput_per_level(tmp_path):
