@@ -93,22 +93,14 @@ class EnsembleSettings:
                         origin=origin, field=f"{prefix}.combiners",
                     )
             values["combiners"] = tuple(str(n) for n in names)
-        if "threshold" in raw:
-            if raw["threshold"] not in THRESHOLDS:
-                raise ConfigError(
-                    f"Unknown threshold {raw['threshold']!r}{did_you_mean(str(raw['threshold']), THRESHOLDS)}; "
-                    f"valid: {', '.join(THRESHOLDS)}",
-                    origin=origin, field=f"{prefix}.threshold",
-                )
-            values["threshold"] = raw["threshold"]
-        if raw.get("metric") is not None:
-            if raw["metric"] not in _STACKING_METRICS:
-                raise ConfigError(
-                    f"Unknown metric {raw['metric']!r}{did_you_mean(str(raw['metric']), _STACKING_METRICS)}; "
-                    f"valid: {', '.join(_STACKING_METRICS)}",
-                    origin=origin, field=f"{prefix}.metric",
-                )
-            values["metric"] = raw["metric"]
+        for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS)):
+            if raw.get(key) is not None:
+                if raw[key] not in valid:
+                    raise ConfigError(
+                        f"Unknown {key} {raw[key]!r}{did_you_mean(str(raw[key]), valid)}; valid: {', '.join(valid)}",
+                        origin=origin, field=f"{prefix}.{key}",
+                    )
+                values[key] = raw[key]
         return cls(**values, top_k_set="top_k" in raw)
 
     def stacking_metric(self, sweep_metric: str) -> str:
