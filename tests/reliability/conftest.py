@@ -217,10 +217,10 @@ def stopped(images, tmp_path_factory) -> Stopped:
     tmp = tmp_path_factory.mktemp("stopped")
     out = tmp / "runs"
     run_dir = out / "smoke"
-    # Trials of several seconds (12 epochs, no pruning): a reused actor runs a 2-epoch smoke trial in
-    # 0.4 s, and the resumed sweep could finish before the saved state showed the trial to stop after.
+    # Trials of seconds even on a fast idle machine (60 epochs, no pruning): there a reused actor ran
+    # 12 epochs in 0.6 s, and the resumed sweep finished before the saved state showed the trial to stop after.
     argv = sweep_argv(images, out, "--set", f"search.n_trials={N_TRIALS}", "--set", "search.max_concurrent=1",
-                      "--set", "ensemble.n_folds=3", "--set", "epochs=12", "--set", "search.scheduler=fifo")
+                      "--set", "ensemble.n_folds=3", "--set", "epochs=60", "--set", "search.scheduler=fifo")
     ctrl_c = stop_after(argv, tmp / "ctrl_c.log", run_dir, n_finished=1, sig=signal.SIGINT)
     sigkill = stop_after(argv + ["--resume"], tmp / "sigkill.log", run_dir, n_finished=2, sig=signal.SIGKILL)
     resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
