@@ -21,6 +21,7 @@ if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").pa
     sys.path.pop(0)
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -64,6 +65,28 @@ def shared_dir() -> Path:
     return Path(os.environ.get("MEDSWEEP_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 
 
+@contextlib.contextmanager
+def one_ray():
+    """One local Ray for every sweep this script runs: each ``search.run`` joins it through ``RAY_ADDRESS``
+    instead of starting and stopping its own (about 5 s a sweep, most of a quick mode's sweep)."""
+    import logging
+
+    import ray
+
+    ctx = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                   logging_level=logging.ERROR, log_to_driver=False)
+    before = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = ctx.address_info["gcs_address"]
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = before
+        ray.shutdown()
+
+
 def subsample(src: Path, dst: Path, fraction: float, seed: int = 0) -> None:
     """A stratified ``fraction`` of every split of a MedMNIST npz, same layout (for the quick mode)."""
     rng = np.random.default_rng(seed)
@@ -84,7 +107,7 @@ def subsample(src: Path, dst: Path, fraction: float, seed: int = 0) -> None:
 def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path) -> dict:
     """One sweep + ensemble through the CLI; returns wall time and the ensemble's metrics."""
     sets = [f"data.root={data_root}"] + (QUICK_SETS if quick else []) + extra_sets
-    cmd = [sys.executable, "-m", "search.run", SPACES[dataset], "--out", str(out_dir)]
+    cmd = [sys.executable, "-m", "search.run", SPACES[dataset], "--out", str(out_dir)] + (["--no-report"] if quick else [])
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd[1:]), flush=True)
@@ -202,14 +225,15 @@ def main(argv=None) -> int:
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="medsweep-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
-    for d in datasets:
-        root = shared_dir()
-        if args.quick:
-            root = work / "data"
-            subsample(shared_dir() / f"{d}.npz", root / f"{d}.npz", 0.1)
-        res = run_space(d, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=args.sets, log=work / f"{d}.log")
-        raw[d] = res
-        rows.append(summarise(d, res))
+    with one_ray():
+        for d in datasets:
+            root = shared_dir()
+            if args.quick:
+                root = work / "data"
+                subsample(shared_dir() / f"{d}.npz", root / f"{d}.npz", 0.1)
+            res = run_space(d, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=args.sets, log=work / f"{d}.log")
+            raw[d] = res
+            rows.append(summarise(d, res))
     print(table(rows))
     result = {
         "mode": "quick" if args.quick else "full",

@@ -94,7 +94,7 @@ def epochs_to_reach(points: list[tuple[int, float]], target: float, mode: str, t
 
 
 def run_way(name: str, sets: list[str], *, space: str, data_root: Path | None, out_dir: Path, log: Path) -> float:
-    cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir), "--no-ensemble",
+    cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir), "--no-ensemble", "--no-report",
            "--set", "search.time_budget_s=null"]
     if data_root is not None:
         cmd += ["--set", f"data.root={data_root}"]
@@ -167,20 +167,21 @@ def main(argv=None) -> int:
     metric, mode = space.search.metric, space.search.mode
 
     curves, walls = {}, {}
-    for name in args.ways.split(","):
-        out_dir = work / name
-        if args.reuse and (out_dir / "walls.json").is_file():
-            walls[name] = json.loads((out_dir / "walls.json").read_text())["wall_s"]
-            curves[name] = curve(next(p for p in out_dir.iterdir() if p.is_dir()), metric, mode)
-            print(f"[{name}] reused {out_dir}", flush=True)
-            continue
-        # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
-        common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
-        walls[name] = run_way(name, common + WAYS[name], space=args.space, data_root=data_root, out_dir=out_dir,
-                              log=work / f"{name}.log")
-        (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
-        run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
-        curves[name] = curve(run_dir, metric, mode)
+    with _quality.one_ray():  # the three sweeps join one Ray
+        for name in args.ways.split(","):
+            out_dir = work / name
+            if args.reuse and (out_dir / "walls.json").is_file():
+                walls[name] = json.loads((out_dir / "walls.json").read_text())["wall_s"]
+                curves[name] = curve(next(p for p in out_dir.iterdir() if p.is_dir()), metric, mode)
+                print(f"[{name}] reused {out_dir}", flush=True)
+                continue
+            # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
+            common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
+            walls[name] = run_way(name, common + WAYS[name], space=args.space, data_root=data_root, out_dir=out_dir,
+                                  log=work / f"{name}.log")
+            (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
+            run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
+            curves[name] = curve(run_dir, metric, mode)
 
     ref = curves.get("random_full") or []
     ref_best = ref[-1][1] if ref else None

@@ -180,7 +180,7 @@ def part_ray(args, tmp: Path) -> dict:
     sets = [f"data.root={root}", f"search.n_trials={n_trials}", f"epochs={epochs}", "backbone=resnet18",
             "search.sampler.type=random", "search.scheduler=fifo", "search.time_budget_s=null", "ensemble.top_k=3",
             "activation_rate=1.0", "unfreeze_epoch=0"]
-    cmd = [sys.executable, "-m", "search.run", "spaces/cxr.yaml", "--out", str(tmp / "ray-runs")]
+    cmd = [sys.executable, "-m", "search.run", "spaces/cxr.yaml", "--out", str(tmp / "ray-runs")] + (["--no-report"] if args.quick else [])
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()

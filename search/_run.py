@@ -268,13 +268,15 @@ def run_sweep(
     resume: bool = False,
     verbose: bool = False,
     ensemble: bool = True,
+    report: bool = True,
 ) -> int:
     """Run (or resume) the sweep of ``space``; write the leaderboard and the resolved space.
 
     Returns the exit status: 0 when at least one trial finished or was pruned, 1 when none did,
     130 when the sweep was interrupted (continue it with ``resume=True``). With ``ensemble`` the
     stacking ensemble of the best trials is built afterwards (``<run_dir>/ensemble``); when that fails
-    the leaderboard stays written and the status is 2 (bad input, e.g. too few trials) or 1.
+    the leaderboard stays written and the status is 2 (bad input, e.g. too few trials) or 1. With
+    ``report`` the run folder gets ``report.html`` at the end.
 
     Example:
         >>> run_sweep(load_space("spaces/smoke.yaml", overrides=["data.root=/tmp/images"]), out="/tmp/runs")
@@ -352,19 +354,20 @@ def run_sweep(
 
             ray.shutdown()
     status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials)
-    _publish(space, run_dir)
+    _publish(space, run_dir, report=report)
     return status
 
 
-def _publish(space: Space, run_dir: str) -> None:
+def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
     """``report.html`` for people, and the ensemble to MLflow; a failure here is one line, the sweep's results stay."""
     if "://" in run_dir:
         return
     from ._html import write_html_report
 
     try:
-        path = write_html_report(run_dir)
-        print(f"report: {path}")
+        if report:
+            path = write_html_report(run_dir)
+            print(f"report: {path}")
     except Exception as exc:  # noqa: BLE001 - the report is a view; the sweep's files are what counts
         print(f"medsweep: warning: report.html not written ({_reason(exc)}); retry with python -m search.show {run_dir} --html", file=sys.stderr)
     cfg = space.tracking.mlflow

@@ -31,6 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="continue the sweep in the run folder: finished trials are kept, the Optuna history restored")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved space and the trial budget, then exit")
     parser.add_argument("--no-ensemble", action="store_true", help="skip the ensemble step after the sweep")
+    parser.add_argument("--no-report", action="store_true",
+                        help="skip report.html (write it later with python -m search.show RUN_DIR --html)")
     parser.add_argument("--out", default=None,
                         help="where run folders go (a path or a URI such as s3://bucket/sweeps); the sweep writes "
                         "OUT/<name>/. Default: the file's `storage`, else ./runs")
@@ -58,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             resume=args.resume,
             verbose=args.verbose,
             ensemble=not args.no_ensemble,
+            report=not args.no_report,
         )
     except ConfigError as exc:
         if args.debug:

@@ -122,8 +122,10 @@ def test_resume_of_a_finished_sweep_runs_no_finished_trial_again(sweep):
     done = before.index[before["status"] != "errored"]
     # Tune rewrites each trial's log files on restore; a trial that ran again would add checkpoints and rows.
     stamps = {t: _trial_state(run_dir / f"trial_{t}") for t in done}
-    rc, stdout, _ = run_main(argv + ["--resume", "--no-ensemble"])
+    report = (run_dir / "report.html").stat().st_mtime_ns
+    rc, stdout, _ = run_main(argv + ["--resume", "--no-ensemble", "--no-report"])
     assert rc == 0, stdout
+    assert (run_dir / "report.html").stat().st_mtime_ns == report and "report:" not in stdout
     after = pd.read_parquet(run_dir / "leaderboard.parquet").set_index("trial_id")
     assert trial_dirs(run_dir) == dirs
     assert sorted(after.index) == sorted(before.index)
