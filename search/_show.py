@@ -21,7 +21,8 @@ def read_space(root: Path) -> Space:
 
 
 def _state_files(root: Path) -> list[Path]:
-    return sorted(root.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # Named by each driver session's start time (the newest name is what Tune restores); mtimes move on every sync.
+    return sorted(root.glob("experiment_state-*.json"), key=lambda p: p.name)
 
 
 def live_leaderboard(root: Path, space: Space | None = None) -> Any:

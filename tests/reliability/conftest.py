@@ -59,7 +59,9 @@ def tail(log: Path, n: int = 4000) -> str:
 
 def saved_trial_states(run_dir: Path) -> dict[str, str]:
     """Trial id -> status in Tune's latest saved experiment state (what ``--resume`` will see)."""
-    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    # One file per driver session, named by its start time; the newest name is the one Tune restores.
+    # Not by mtime: each background sync rewrites every file in the folder within the same millisecond.
+    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return {}
     try:
@@ -217,8 +219,7 @@ def stopped(images, tmp_path_factory) -> Stopped:
     tmp = tmp_path_factory.mktemp("stopped")
     out = tmp / "runs"
     run_dir = out / "smoke"
-    # Trials of seconds even on a fast idle machine (60 epochs, no pruning): there a reused actor ran
-    # 12 epochs in 0.6 s, and the resumed sweep finished before the saved state showed the trial to stop after.
+    # Trials of seconds (60 epochs, no pruning): a reused actor runs a 2-epoch smoke trial in 0.1 s.
     argv = sweep_argv(images, out, "--set", f"search.n_trials={N_TRIALS}", "--set", "search.max_concurrent=1",
                       "--set", "ensemble.n_folds=3", "--set", "epochs=60", "--set", "search.scheduler=fifo")
     ctrl_c = stop_after(argv, tmp / "ctrl_c.log", run_dir, n_finished=1, sig=signal.SIGINT)
