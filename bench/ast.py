@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         sparse_rows = rows[rate][args.dense :]
         t = float(np.mean([float(r["train_seconds"]) for r in sparse_rows]))
         achieved = [float(r.get("ast_activation_rate") or 1.0) for r in sparse_rows]
-        best = max(rows[rate], key=lambda r: float(r["val_auroc"]))  # first best epoch, by validation
+        best_i = int(np.argmax([float(r["val_auroc"]) for r in rows[rate]]))  # first best epoch, by validation
+        best = rows[rate][best_i]
         table.append({
             "activation_rate": rate,
             "achieved_rate": round(float(np.mean(achieved)), 3),
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
             "time_vs_dense": round(t / dense_time, 3),
             "compute_savings_reported": round(float(np.mean([float(r["compute_savings"]) for r in sparse_rows])), 3) if rate < 1 else 0.0,
             "best_val_auroc": round(float(best["val_auroc"]), 4),
-            "best_epoch": int(np.argmax([float(r["val_auroc"]) for r in rows[rate]])) + 1,
+            "best_epoch": best_i + 1,
             "val_accuracy": round(float(best["val_accuracy"]), 4),
             "test_auroc": round(float(best["test_auroc"]), 4),
             "test_accuracy": round(float(best["test_accuracy"]), 4),

@@ -362,10 +362,10 @@ def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
     """``report.html`` for people, and the ensemble to MLflow; a failure here is one line, the sweep's results stay."""
     if "://" in run_dir:
         return
-    from ._html import write_html_report
-
     try:
         if report:
+            from ._html import write_html_report
+
             path = write_html_report(run_dir)
             print(f"report: {path}")
     except Exception as exc:  # noqa: BLE001 - the report is a view; the sweep's files are what counts
