@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -24,6 +25,10 @@ __all__ = ["ENSEMBLE_KEYS", "EnsembleSettings", "Member", "Selection", "select_m
 USABLE_STATUS = ("finished", "pruned")
 # What a member's folder must hold: weights and model description for the bundle, predictions for the fit.
 MEMBER_FILES = ("best.safetensors", "model.json", "predictions_val.parquet", "predictions_test.parquet")
+# How members are picked from the usable trials (EnsembleSettings.selection).
+SELECTIONS = ("greedy", "top_k")
+# Greedy selection stops when the best addition lowers the averaged members' metric by more than this.
+_STOP_DROP = 0.01
 # Sweep metric -> the stacking's CV metric (StackingEnsemble.metric).
 _METRIC_OF_SWEEP = {"val_auroc": "auroc", "val_accuracy": "accuracy", "val_loss": "log_loss"}
 _STACKING_METRICS = ("auroc", "log_loss", "accuracy")
@@ -34,9 +39,14 @@ class EnsembleSettings:
     """The ``ensemble:`` section of a space file, validated.
 
     Attributes:
-        top_k: members, the best trials by the sweep metric (default 5; fewer trials: all of them,
-            unless ``top_k`` was set, which then fails).
-        combiners: candidates, chosen among by k-fold CV on the validation predictions.
+        top_k: at most this many members (default 5; with fewer usable trials, all of them, with a note).
+        selection: how members are picked: ``greedy`` (forward selection over the ``pool`` best trials:
+            each step adds the trial that most improves the averaged validation predictions, so a
+            near-copy of a member is passed over for one that errs elsewhere) or ``top_k`` (the best
+            trials by the sweep metric).
+        pool: greedy selection's candidates, the best trials by the sweep metric.
+        combiners: candidates, chosen among by k-fold CV on the validation predictions (``best``: the
+            single best member, so the ensemble never scores below it out of fold).
         n_folds: CV folds.
         temperature: fit a temperature on the out-of-fold predictions.
         max_per_backbone: at most this many members per backbone (diversity); ``None``: no cap.
@@ -49,7 +59,9 @@ class EnsembleSettings:
     """
 
     top_k: int = 5
-    combiners: tuple[str, ...] = ("mean", "logistic", "mlp", "greedy")
+    selection: str = "greedy"
+    pool: int = 20
+    combiners: tuple[str, ...] = ("mean", "best", "logistic", "mlp", "greedy")
     n_folds: int = 5
     temperature: bool = True
     max_per_backbone: int | None = None
@@ -67,7 +79,7 @@ class EnsembleSettings:
         raw = dict(raw or {})
         check_keys(raw, ENSEMBLE_KEYS, origin=origin, prefix=prefix)
         values: dict[str, Any] = {}
-        for key in ("top_k", "n_folds", "mlp_hidden", "greedy_rounds", "max_per_backbone", "seed"):
+        for key in ("top_k", "pool", "n_folds", "mlp_hidden", "greedy_rounds", "max_per_backbone", "seed"):
             if key not in raw or (key == "max_per_backbone" and raw[key] is None):
                 continue
             low = {"n_folds": 2, "seed": 0}.get(key, 1)
@@ -93,7 +105,7 @@ class EnsembleSettings:
                         origin=origin, field=f"{prefix}.combiners",
                     )
             values["combiners"] = tuple(str(n) for n in names)
-        for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS)):
+        for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS), ("selection", SELECTIONS)):
             if raw.get(key) is not None:
                 if raw[key] not in valid:
                     raise ConfigError(
@@ -185,17 +197,19 @@ def select_members(
     *,
     top_k: int | None = None,
     max_per_backbone: int | None = None,
+    selection: str | None = None,
 ) -> Selection:
-    """The top-k trials of a finished sweep and their aligned validation and test predictions.
+    """The ensemble's members among a finished sweep's trials, and their aligned validation and test predictions.
 
     Args:
         run_dir: a sweep's run folder (``runs/<name>``), holding ``leaderboard.parquet`` and ``space.yaml``.
         top_k: members; overrides the space's ``ensemble.top_k`` (default 5).
         max_per_backbone: at most this many members per backbone; overrides ``ensemble.max_per_backbone``.
+        selection: ``greedy`` or ``top_k``; overrides ``ensemble.selection`` (default greedy).
 
     Raises:
-        ConfigError: no leaderboard, fewer usable trials than ``top_k`` asks for, or members whose
-            predictions do not cover the same samples.
+        ConfigError: no leaderboard, no usable trial, or members whose predictions do not cover the
+            same samples.
 
     Example:
         >>> sel = select_members("runs/cxr", top_k=3)
@@ -224,6 +238,13 @@ def select_members(
         if isinstance(max_per_backbone, bool) or not isinstance(max_per_backbone, (int, np.integer)) or max_per_backbone < 1:
             raise ConfigError(f"must be an integer >= 1, got {max_per_backbone!r}", field="--max-per-backbone")
         settings = dataclasses.replace(settings, max_per_backbone=int(max_per_backbone))
+    if selection is not None:
+        if selection not in SELECTIONS:
+            raise ConfigError(
+                f"Unknown selection {selection!r}{did_you_mean(str(selection), SELECTIONS)}; valid: {', '.join(SELECTIONS)}",
+                field="--selection",
+            )
+        settings = dataclasses.replace(settings, selection=selection)
 
     origin = str(run_dir)
     board = pd.read_parquet(board_path)
@@ -263,16 +284,12 @@ def select_members(
         )
     k = settings.top_k
     if k > available:
-        if settings.top_k_set:
-            raise ConfigError(
-                f"top_k is {k} but only {available} trial(s) are available (finished or pruned, with predictions "
-                f"and weights{cap}); set top_k to at most {available} (--top-k {available})",
-                origin=origin,
-                field="--top-k" if top_k is not None else "ensemble.top_k",
-            )
-        notes.append(f"only {available} usable trial(s){cap}: the ensemble takes all of them (top_k defaults to {k})")
+        # A short sweep (a budget spent on few trials) still gets an ensemble of what it has.
+        notes.append(f"only {available} usable trial(s){cap}, fewer than top_k {k}: the ensemble takes all of them")
+        warnings.warn(f"ensemble: only {available} usable trial(s), fewer than top_k {k}; using all of them")
         k = available
-    chosen = chosen[:k]
+    greedy = settings.selection == "greedy" and available > k
+    chosen = chosen[: max(k, settings.pool)] if greedy else chosen[:k]
 
     members: list[Member] = []
     first = chosen[0][3]
@@ -311,6 +328,9 @@ def select_members(
                 test=test,
             )
         )
+    if greedy:
+        members, picked_note = _forward_select(members, y_val, task=task, k=k, metric=settings.stacking_metric(metric))
+        notes.append(picked_note)
     return Selection(
         run_dir=run_dir,
         metric=metric,
@@ -326,6 +346,57 @@ def select_members(
         n_available=available,
         notes=notes,
     )
+
+
+# ---------------------------------------------------------------- greedy selection
+
+
+def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, metric: str) -> tuple[list[Member], str]:
+    """Forward selection without replacement (Caruana et al. 2004) of at most ``k`` members.
+
+    Starts from the best member by the sweep metric (``members[0]``); each step adds the candidate whose
+    addition gives the best ``metric`` of the averaged validation probabilities, log loss breaking ties
+    (AUROC saturates on small validation splits). A step that lowers the primary metric by more
+    than ``_STOP_DROP`` and raises the log loss ends the selection: averaging in a clearly weaker model
+    is not free.
+    """
+    from ._metrics import LOWER_IS_BETTER, score
+
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+
+    def quality(total: np.ndarray, n: int) -> tuple[float, float]:
+        probs = total / n
+        primary = score(probs, y, task=task, metric=metric)
+        loss = score(probs, y, task=task, metric="log_loss")
+        return (-math.inf if math.isnan(primary) else sign * primary, -loss if not math.isnan(loss) else -math.inf)
+
+    picked = [0]
+    total = members[0].val.astype(float).copy()
+    current = quality(total, 1)
+    while len(picked) < k:
+        best_i, best_q = None, None
+        for i, m in enumerate(members):
+            if i in picked:
+                continue
+            q = quality(total + m.val, len(picked) + 1)
+            if best_q is None or q > best_q:
+                best_i, best_q = i, q
+        if best_i is None:
+            break
+        # Averaging in one more model rarely hurts unseen data even when a small validation split says it
+        # does (its noise is larger than the change); only a clear drop of the primary metric ends it.
+        if best_q[0] < current[0] - _STOP_DROP and best_q[1] < current[1]:
+            break
+        picked.append(best_i)
+        total += members[best_i].val
+        current = best_q
+    chosen = [members[i] for i in picked]
+    ranks = ", ".join(f"{members[i].trial_id} (#{i + 1})" for i in picked)
+    note = (
+        f"greedy selection over the {len(members)} best trials picked {len(chosen)}: {ranks} "
+        f"(# = rank by the sweep metric)"
+    )
+    return chosen, note
 
 
 # ---------------------------------------------------------------- helpers

@@ -1,4 +1,4 @@
-"""Stacking of member probabilities: mean, greedy (Caruana), logistic and MLP combiners, chosen by k-fold
+"""Stacking of member probabilities: mean, best single member, greedy (Caruana), logistic and MLP combiners, chosen by k-fold
 cross-validation on the validation predictions, optionally temperature-scaled, and saved as plain JSON.
 
 The fitted combiner lives in ``params_`` as lists and floats only, and ``predict_proba`` is numpy on that
@@ -19,8 +19,9 @@ from ._metrics import LOWER_IS_BETTER, check_probs_labels, check_task, score
 
 __all__ = ["COMBINERS", "StackingEnsemble"]
 
-# Simplicity order: a tie in CV score goes to the earlier one.
-COMBINERS = ("mean", "greedy", "logistic", "mlp")
+# Simplicity order: a tie in CV score goes to the earlier one. `best` (the single member that scores best on
+# the training folds) is a candidate so that the chosen combiner never scores below it out of fold.
+COMBINERS = ("mean", "best", "greedy", "logistic", "mlp")
 THRESHOLDS = ("youden", "argmax")
 METRICS = ("auroc", "log_loss", "accuracy")
 FORMAT = 1
@@ -32,11 +33,13 @@ _TIE_TOL = 1e-12
 # Temperature search range; Guo et al. report T in about [1, 3] for over-confident networks, and averaged
 # ensembles are often under-confident (T < 1).
 _LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
+# A fitted temperature this close (in log T) to a bound is the search running out of range, not a fit.
+_BOUND_TOL = 0.02
 
 
 def _grid(name: str, mlp_hidden: int, greedy_rounds: int) -> list[dict[str, Any]]:
     """A combiner's settings to cross-validate, simplest (most regularised) first so ties go to it."""
-    if name == "mean":
+    if name in ("mean", "best"):
         return [{}]
     if name == "greedy":
         return [{"rounds": greedy_rounds}]
@@ -53,11 +56,12 @@ class StackingEnsemble:
 
     Args:
         task: ``binary``, ``multi-class``, ``ordinal`` or ``multi-label``.
-        combiners: candidates among ``mean``, ``greedy``, ``logistic``, ``mlp``.
+        combiners: candidates among ``mean``, ``best`` (the single best member), ``greedy``, ``logistic``, ``mlp``.
         n_folds: CV folds; fewer when the rarest class has fewer validation samples (at least 2).
         mlp_hidden: hidden units of the MLP meta-learner.
         greedy_rounds: rounds of Caruana selection with replacement.
-        temperature: fit one temperature on the chosen combiner's out-of-fold predictions.
+        temperature: fit one temperature on the chosen combiner's out-of-fold predictions; one that runs
+            into its search bounds (0.05, 20) is reported in ``temperature_note_`` and a warning.
         metric: ``auroc`` (macro), ``log_loss`` or ``accuracy``; the CV choice and greedy selection use it.
         seed: folds and the MLP's initialisation.
         threshold: binary tasks' operating point. ``youden`` picks the probability cut that maximises
@@ -65,7 +69,8 @@ class StackingEnsemble:
             when the class mix of new data differs from validation's; ``argmax`` keeps 0.5.
 
     Fitted attributes: ``combiner_``, ``settings_`` (its grid point), ``params_`` (its fitted parameters,
-    JSON-ready), ``temperature_`` (1.0 when off), ``cv_scores_`` (combiner -> best mean CV score),
+    JSON-ready), ``temperature_`` (1.0 when off), ``temperature_note_`` (what a temperature at its
+    bound means, else None), ``cv_scores_`` (combiner -> best mean CV score),
     ``cv_table_`` (one row per combiner and setting), ``n_folds_``, ``n_members_``, ``n_classes_``,
     ``threshold_`` (binary: the positive-class probability from which :meth:`predict` says positive; else None).
 
@@ -79,7 +84,7 @@ class StackingEnsemble:
         self,
         *,
         task: str,
-        combiners: Sequence[str] = ("mean", "logistic", "mlp", "greedy"),
+        combiners: Sequence[str] = ("mean", "best", "logistic", "mlp", "greedy"),
         n_folds: int = 5,
         mlp_hidden: int = 256,
         greedy_rounds: int = 25,
@@ -214,7 +219,18 @@ class StackingEnsemble:
         self.params_ = _fit_combiner(self.combiner_, self.settings_, P, y, self.task, self.metric, int(self.seed))
         self.n_members_, self.n_classes_ = m, k
         # Fitted on out-of-fold predictions, so the temperature corrects what the combiner does on unseen rows.
-        self.temperature_ = _fit_temperature(_normalise(oof[pick], self.task), y, self.task) if self.temperature else 1.0
+        self.temperature_, self.temperature_note_ = 1.0, None
+        if self.temperature:
+            self.temperature_ = _fit_temperature(_normalise(oof[pick], self.task), y, self.task)
+            if min(abs(math.log(self.temperature_) - b) for b in _LOG_T_BOUNDS) < _BOUND_TOL:
+                # The likelihood wants more rescaling than the range allows: the bound is still its best value
+                # in range, but it says the members' probabilities are far off (another class mix, or broken).
+                self.temperature_note_ = (
+                    f"the fitted temperature {self.temperature_:.3g} is at the bound of its range "
+                    f"({math.exp(_LOG_T_BOUNDS[0]):.3g}-{math.exp(_LOG_T_BOUNDS[1]):.3g}): the out-of-fold "
+                    "probabilities are far from calibrated; check the members' class mix (prior_correction)"
+                )
+                warnings.warn(f"ensemble: {self.temperature_note_}")
         self.threshold_ = None
         if self.task == "binary":
             oof_probs = _apply_temperature(_normalise(oof[pick], self.task), self.temperature_, self.task)
@@ -254,6 +270,7 @@ class StackingEnsemble:
                 "settings": self.settings_,
                 "params": self.params_,
                 "temperature": float(self.temperature_),
+                "temperature_note": getattr(self, "temperature_note_", None),
                 "threshold": None if self.threshold_ is None else float(self.threshold_),
                 "metric": self.metric,
                 "n_folds": int(self.n_folds_),
@@ -292,6 +309,7 @@ class StackingEnsemble:
         ens.params_ = d["params"]
         ens.n_members_, ens.n_classes_ = int(d["n_members"]), int(d["n_classes"])
         ens.temperature_ = float(d["temperature"])
+        ens.temperature_note_ = d.get("temperature_note")
         if not (math.isfinite(ens.temperature_) and ens.temperature_ > 0):
             raise ValueError(f"temperature must be a positive number; got {d['temperature']!r}")
         thr = d.get("threshold")
@@ -376,6 +394,8 @@ def _fit_combiner(name: str, settings: dict[str, Any], P: np.ndarray, y: np.ndar
     """Fitted parameters of one combiner on (P, y), as lists and floats."""
     if name == "mean":
         return {}
+    if name == "best":
+        return _fit_best(P, y, task, metric)
     if name == "greedy":
         return _fit_greedy(P, y, task, int(settings["rounds"]), metric)
     if task == "multi-label":
@@ -385,6 +405,19 @@ def _fit_combiner(name: str, settings: dict[str, Any], P: np.ndarray, y: np.ndar
             labels.append(_fit_head(name, settings, _logit(P[:, known, j]).T, y[known, j].astype(int), seed))
         return {"labels": labels}
     return _fit_head(name, settings, _features(P, task), y, seed)
+
+
+def _fit_best(P: np.ndarray, y: np.ndarray, task: str, metric: str) -> dict[str, Any]:
+    """The one member with the best ``metric`` on (P, y) (ties: the lower index), as one-hot weights."""
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    scores = []
+    for i in range(P.shape[0]):
+        s = score(P[i], y, task=task, metric=metric)
+        scores.append(-math.inf if math.isnan(s) else sign * s)
+    pick = int(np.argmax(scores))
+    weights = np.zeros(P.shape[0])
+    weights[pick] = 1.0
+    return {"member": pick, "weights": weights.tolist()}
 
 
 def _fit_greedy(P: np.ndarray, y: np.ndarray, task: str, rounds: int, metric: str) -> dict[str, Any]:
@@ -454,10 +487,10 @@ def _combine(name: str, params: dict[str, Any], P: np.ndarray, task: str) -> np.
     """(N, K) combined probabilities before normalisation and temperature."""
     if name == "mean":
         return P.mean(0)
-    if name == "greedy":
+    if name in ("greedy", "best"):
         w = np.asarray(params["weights"], dtype=float)
         if w.shape != (P.shape[0],):
-            raise ValueError(f"greedy weights have shape {w.shape}; expected ({P.shape[0]},)")
+            raise ValueError(f"{name} weights have shape {w.shape}; expected ({P.shape[0]},)")
         return np.tensordot(w, P, axes=1) / w.sum()
     if name not in ("logistic", "mlp"):
         raise ValueError(f"unknown combiner {name!r}")

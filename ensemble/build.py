@@ -40,6 +40,7 @@ def build_ensemble(
     *,
     top_k: int | None = None,
     max_per_backbone: int | None = None,
+    selection: str | None = None,
     out: str | Path | None = None,
     n_boot: int = 1000,
     echo: Callable[[str], None] | None = print,
@@ -50,6 +51,7 @@ def build_ensemble(
         run_dir: a finished sweep's folder (``leaderboard.parquet``, ``space.yaml``, the trials).
         top_k: members; default the space's ``ensemble.top_k`` (5).
         max_per_backbone: at most this many members per backbone.
+        selection: ``greedy`` (forward selection over the best trials) or ``top_k``; default the space's.
         out: the bundle folder; default ``run_dir/ensemble``.
         n_boot: bootstrap resamples for the 95 % intervals.
         echo: where the tables go (``print``); ``None`` for silence.
@@ -66,7 +68,7 @@ def build_ensemble(
     from ._stacking import StackingEnsemble
 
     say = echo or (lambda _: None)
-    selection = select_members(run_dir, top_k=top_k, max_per_backbone=max_per_backbone)
+    selection = select_members(run_dir, top_k=top_k, max_per_backbone=max_per_backbone, selection=selection)
     s = selection.settings
     for note in selection.notes:
         say(f"ensemble: note: {note}")
@@ -93,6 +95,8 @@ def build_ensemble(
             "a larger validation split helps",
             origin=str(selection.run_dir),
         ) from None
+    if getattr(ensemble, "temperature_note_", None):
+        say(f"ensemble: warning: {ensemble.temperature_note_}")
     summary = summarise(selection, ensemble, n_boot=n_boot, seed=s.seed)
     path = export_bundle(selection, ensemble, out=out, summary=summary)
     say(f"ensemble: combiners by {ensemble.n_folds_}-fold CV on validation ({ensemble.metric}; * = chosen, "
@@ -119,6 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", help="a finished sweep's folder, e.g. runs/cxr")
     parser.add_argument("--top-k", type=int, default=None, help="members: the best K trials (default: the space's ensemble.top_k, else 5)")
     parser.add_argument("--max-per-backbone", type=int, default=None, help="at most this many members per backbone")
+    parser.add_argument("--selection", default=None, help="greedy (forward selection over the best trials) or top_k (default: the space's, else greedy)")
     parser.add_argument("--out", default=None, help="the bundle folder (default RUN_DIR/ensemble)")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
@@ -126,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.n_boot < 1:
             raise ConfigError(f"must be an integer >= 1, got {args.n_boot}", field="--n-boot")
-        build_ensemble(args.run_dir, top_k=args.top_k, max_per_backbone=args.max_per_backbone, out=args.out, n_boot=args.n_boot)
+        build_ensemble(
+            args.run_dir, top_k=args.top_k, max_per_backbone=args.max_per_backbone, selection=args.selection,
+            out=args.out, n_boot=args.n_boot,
+        )
     except ConfigError as exc:
         if args.debug:
             raise

@@ -135,7 +135,7 @@ class Progress(Callback):
         *,
         metric: str,
         mode: str,
-        n_trials: int,
+        n_trials: int | None,
         max_t: int | None,
         shown: Sequence[str],
         time_budget_s: float | None = None,
@@ -182,7 +182,11 @@ class Progress(Callback):
         elapsed = now - (self._t0 if self._t0 is not None else now)
         # Trials so far set the pace; wall-clock time already holds the concurrency.
         left = "?"
-        if done and done < self.n_trials:
+        if self.n_trials is None:
+            # A budget-only sweep keeps starting trials until the budget is spent.
+            if self.time_budget_s:
+                left = "~" + _duration(max(0.0, self.time_budget_s - elapsed))
+        elif done and done < self.n_trials:
             estimate = elapsed / done * (self.n_trials - done)
             if self.time_budget_s:
                 estimate = min(estimate, max(0.0, self.time_budget_s - elapsed))
@@ -190,8 +194,9 @@ class Progress(Callback):
         elif done >= self.n_trials:
             left = "0s"
         best_text = f"{best:.4f}" if not math.isnan(best) else "-"
+        total = f"/{self.n_trials}" if self.n_trials is not None else ""
         return (
-            f"[medsweep] {done}/{self.n_trials} done ({counts['finished']} finished, {counts['pruned']} pruned, "
+            f"[medsweep] {done}{total} done ({counts['finished']} finished, {counts['pruned']} pruned, "
             f"{counts['errored']} errored), {counts['running']} running, best {self.metric} {best_text}, "
             f"{_duration(elapsed)} elapsed, {left} left"
         )
@@ -244,7 +249,8 @@ class Progress(Callback):
         want = trial_max_epochs(config, self.max_t)
         seconds = float(result.get("time_total_s", 0.0) or 0.0)
         params = " ".join(f"{k}={_short(config[k])}" for k in self.shown if k in config)
-        head = f"[medsweep] trial {done}/{self.n_trials} {trial.trial_id}"
+        total = f"/{self.n_trials}" if self.n_trials is not None else ""
+        head = f"[medsweep] trial {done}{total} {trial.trial_id}"
         if error is not None:
             outcome = "diverged" if is_diverged(error) else "errored"
             text = f"{head} {outcome} after {epochs} epochs: {error}"

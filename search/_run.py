@@ -102,7 +102,7 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def create_sampler(cfg: SamplerConfig, *, n_trials: int = 40) -> Any:
+def create_sampler(cfg: SamplerConfig, *, n_trials: int | None = 40) -> Any:
     """Optuna's sampler by name, seeded.
 
     TPE models the parameters jointly (``multivariate``, ``group`` for the ``when:`` conditions) and
@@ -113,7 +113,7 @@ def create_sampler(cfg: SamplerConfig, *, n_trials: int = 40) -> Any:
 
     import optuna
 
-    startup = cfg.n_startup_trials or max(2, min(10, n_trials // 4))
+    startup = cfg.n_startup_trials or max(2, min(10, (n_trials or 40) // 4))
 
     def tpe() -> Any:
         with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna
@@ -174,9 +174,16 @@ def describe(space: Space, *, run_dir: str) -> str:
     else:
         lines.append(f"metric: {cfg.metric} ({cfg.mode})")
     s = cfg.scheduler
+    if space.auto_epochs:
+        lines.append("epochs: auto (sized at the start from the data, this machine's speed and the budget)")
+    elif space.sizing is not None:
+        lines.append(space.sizing.describe())
     if s.type == "asha":
-        lines.append(f"scheduler: asha, max_t {s.max_t}, grace_period {s.grace_period}, reduction_factor {s.reduction_factor:g}")
-        if s.max_t < space.max_epochs():
+        auto = "auto" if space.auto_epochs else None
+        lines.append(
+            f"scheduler: asha, max_t {s.max_t or auto}, grace_period {s.grace_period or auto}, reduction_factor {s.reduction_factor:g}"
+        )
+        if s.max_t is not None and space.max_epochs() is not None and s.max_t < space.max_epochs():
             lines.append(f"  note: max_t {s.max_t} < epochs {space.max_epochs()}: no trial trains past epoch {s.max_t}")
     elif s.type == "median":
         lines.append(f"scheduler: median, grace_period {s.grace_period}, min_samples_required {s.min_samples_required}")
@@ -188,7 +195,12 @@ def describe(space: Space, *, run_dir: str) -> str:
         f"time_budget_s {cfg.time_budget_s if cfg.time_budget_s is not None else 'none'}; max_failures {cfg.max_failures}"
     )
     per = space.max_epochs_per_trial()
-    lines.append(f"budget: {cfg.n_trials} trials x at most {per} epochs = at most {cfg.n_trials * per} trial-epochs")
+    if cfg.n_trials is None:
+        lines.append(f"budget: {cfg.time_budget_s:g}s; trials start until it is spent")
+    elif per is None:
+        lines.append(f"budget: {cfg.n_trials} trials, length sized at the start")
+    else:
+        lines.append(f"budget: {cfg.n_trials} trials x at most {per} epochs = at most {cfg.n_trials * per} trial-epochs")
     lines.append(f"output: {run_dir} (report.html at the end)")
     from ._tracking import describe_tracking
 
@@ -241,8 +253,11 @@ def _init_ray(address: str | None, verbose: bool) -> bool:
     return True
 
 
-def _preflight(space: Space, constants: Mapping[str, Any]) -> None:
-    """Fail before Ray starts: check the defaults as one trial config, and build the data cache once."""
+def _preflight(space: Space, constants: Mapping[str, Any]) -> Any:
+    """Fail before Ray starts: check the defaults as one trial config, and build the data cache once.
+
+    Returns the data set at the first image size (its split sizes size ``epochs: auto``).
+    """
     from trainables import DataConfig, load_dataset
 
     TrainParams.from_config({**space.defaults(), **constants}, origin=space.origin)
@@ -251,13 +266,45 @@ def _preflight(space: Space, constants: Mapping[str, Any]) -> None:
     p = space.params.get("image_size")
     if p is not None:
         sizes = list(p.choices) if p.type == "categorical" else [p.default_value()]
+    first = None
     for size in sizes:
         try:
-            load_dataset(data, image_size=size, verbose=True)
+            ds = load_dataset(data, image_size=size, verbose=True)
         except ConfigError as exc:
             if exc.origin:
                 raise
             raise ConfigError(exc.message, origin=space.origin, field=exc.field) from None
+        first = first or ds
+    return first
+
+
+# The ensemble step and the report run inside the budget: the trials stop this much before it ends.
+_RESERVE_SHARE = 0.1
+_RESERVE_MAX_S = 60.0
+
+
+def trial_budget(budget_s: float | None, elapsed_s: float) -> float | None:
+    """Seconds the trials get of a ``budget_s`` sweep already ``elapsed_s`` in: the rest, less a reserve
+    (a tenth of the budget, at most a minute) for the ensemble step and the report; at least 10 s."""
+    if budget_s is None:
+        return None
+    reserve = min(_RESERVE_SHARE * budget_s, _RESERVE_MAX_S)
+    return max(10.0, budget_s - reserve - elapsed_s)
+
+
+def concurrency(space: Space) -> int:
+    """Trials at once: ``max_concurrent``, else what the cluster's CPUs and GPUs allow per trial's resources."""
+    import ray
+
+    r = space.search.resources
+    total = ray.cluster_resources() if ray.is_initialized() else {"CPU": os.cpu_count() or 1}
+    slots = int(total.get("CPU", 1) // max(r.cpu, 1e-9))
+    if r.gpu > 0:
+        slots = min(slots, int(total.get("GPU", 0) // r.gpu))
+    slots = max(1, slots)
+    if space.search.max_concurrent:
+        slots = min(slots, int(space.search.max_concurrent))
+    return slots
 
 
 def run_sweep(
@@ -288,14 +335,12 @@ def run_sweep(
 
     from ._leaderboard import leaderboard, read_text, write_bytes, write_leaderboard
 
+    t_begin = time.perf_counter()
     _quiet_logs(verbose)
     cfg = space.search
     run_dir = run_dir_of(space, out)
     address = address or space.ray.get("address")
     constants = trial_constants(space)
-    resolved = space.resolved()
-    resolved["data"] = constants["data"]
-    space_text = yaml.safe_dump(resolved, sort_keys=False)
     n_trials = cfg.n_trials
 
     # Checked before Ray starts, so a wrong flag or a missing folder costs no cluster start-up.
@@ -312,8 +357,9 @@ def run_sweep(
     from ._tracking import check_mlflow, describe_tracking
 
     check_mlflow(space)
+    dataset = None
     if not address:
-        _preflight(space, constants)
+        dataset = _preflight(space, constants)
     else:  # on a cluster the data may live on the workers only
         TrainParams.from_config({**space.defaults(), **constants}, origin=space.origin)
 
@@ -321,10 +367,19 @@ def run_sweep(
     _quiet_logs(verbose)  # ray.init sets its loggers' levels again
     try:
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        budget_s = cfg.time_budget_s
+        tuner_budget = trial_budget(budget_s, 0.0)
+        if not resume and space.auto_epochs:
+            space = _size(space, dataset, constants, budget_s=budget_s, elapsed_s=time.perf_counter() - t_begin)
+            cfg = space.search
+        constants = trial_constants(space)
+        resolved = space.resolved()
+        resolved["data"] = constants["data"]
+        space_text = yaml.safe_dump(resolved, sort_keys=False)
         if resume:
             saved = read_text(run_dir, "space.yaml")
             n_trials = _saved_n_trials(saved, default=n_trials)
-            if saved is not None and saved != space_text:
+            if saved is not None and saved != space_text and not space.auto_epochs:
                 print(f"[medsweep] note: the space differs from {run_dir}/space.yaml; a resumed sweep keeps the space it started with")
             print(f"[medsweep] resuming {run_dir}", flush=True)
             # Finished trials stay finished; unfinished and errored ones go on from their last checkpoint;
@@ -332,10 +387,13 @@ def run_sweep(
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True)
         else:
             write_bytes(run_dir, "space.yaml", space_text.encode())
-            tuner = build_tuner(space, trainable, run_dir=run_dir, constants=constants, verbose=verbose)
+            tuner_budget = trial_budget(budget_s, time.perf_counter() - t_begin)
+            tuner = build_tuner(space, trainable, run_dir=run_dir, constants=constants, verbose=verbose, time_budget_s=tuner_budget)
+            count = f"{cfg.n_trials} trials" if cfg.n_trials is not None else "trials until the budget is spent"
+            budget_text = f", budget {budget_s:.0f}s (trials {tuner_budget:.0f}s)" if budget_s else ""
             print(
-                f"[medsweep] sweep {space.name}: {cfg.n_trials} trials x at most {space.max_epochs_per_trial()} epochs, "
-                f"{cfg.metric} ({cfg.mode}), {cfg.scheduler.type}; writing to {run_dir}",
+                f"[medsweep] sweep {space.name}: {count} x at most {space.max_epochs_per_trial()} epochs, "
+                f"{cfg.metric} ({cfg.mode}), {cfg.scheduler.type}{budget_text}; writing to {run_dir}",
                 flush=True,
             )
         print(f"[medsweep] {describe_tracking(space, run_dir=run_dir)}", flush=True)
@@ -353,9 +411,46 @@ def run_sweep(
             import ray
 
             ray.shutdown()
-    status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials)
+    status = _report(
+        frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials, trials_budget=tuner_budget
+    )
     _publish(space, run_dir, report=report)
+    if cfg.time_budget_s:
+        total = time.perf_counter() - t_begin
+        print(f"[medsweep] used {total:.0f}s of the {cfg.time_budget_s:.0f}s budget ({total / cfg.time_budget_s:.0%})")
     return status
+
+
+def size_standalone(space: Space) -> Space:
+    """``epochs: auto`` for a run without a sweep (``trainables.fit``): the length of one full sweep trial."""
+    from trainables import DataConfig, load_dataset
+
+    data = DataConfig.from_dict(data_dict(space), origin=space.origin)
+    dataset = load_dataset(data, image_size=space.fixed.get("image_size"), verbose=False)
+    return _size(space, dataset, trial_constants(space), budget_s=space.search.time_budget_s, elapsed_s=0.0)
+
+
+def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s: float | None, elapsed_s: float) -> Space:
+    """``epochs: auto`` made concrete: this machine's speed on the space's backbones, the data's size, the budget."""
+    from trainables import DataConfig, load_dataset
+
+    from ._budget import DEFAULT_BUDGET_S, size_space
+
+    if dataset is None:  # a cluster run: the driver reads the data once to know its size
+        try:
+            dataset = load_dataset(DataConfig.from_dict(constants["data"], origin=space.origin), image_size=space.fixed.get("image_size"))
+        except ConfigError as exc:
+            raise ConfigError(
+                f"`epochs: auto` needs the data on this machine to size the trials ({exc.message}); "
+                "set a number of epochs instead (--set epochs=20)",
+                origin=space.origin,
+                field="fixed.epochs",
+            ) from None
+    # With a trial count and no budget, trials are sized as for the default budget.
+    budget = trial_budget(budget_s if budget_s else DEFAULT_BUDGET_S, elapsed_s) or DEFAULT_BUDGET_S
+    sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print)
+    print(f"[medsweep] {sizing.describe()}", flush=True)
+    return space.with_sizing(sizing)
 
 
 def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
@@ -396,8 +491,20 @@ def _saved_n_trials(text: str | None, *, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
-def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mapping[str, Any], verbose: bool = False) -> Any:
-    """Tune's ``Tuner`` for a new sweep: OptunaSearch (define-by-run), the scheduler, checkpoints, progress lines."""
+def build_tuner(
+    space: Space,
+    trainable: Any,
+    *,
+    run_dir: str,
+    constants: Mapping[str, Any],
+    verbose: bool = False,
+    time_budget_s: float | None = None,
+) -> Any:
+    """Tune's ``Tuner`` for a new sweep: OptunaSearch (define-by-run), the scheduler, checkpoints, progress lines.
+
+    ``time_budget_s`` is what the trials get (default the space's whole budget); without ``n_trials``
+    Tune keeps sampling (``num_samples=-1``) until it is spent.
+    """
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -414,8 +521,9 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
     from ._tracking import tracking_callbacks
 
     max_t = cfg.scheduler.max_t if cfg.scheduler.type == "asha" else None
+    budget = time_budget_s if time_budget_s is not None else cfg.time_budget_s
     progress = Progress(
-        metric=cfg.metric, mode=cfg.mode, n_trials=cfg.n_trials, max_t=max_t, shown=list(space.params), time_budget_s=cfg.time_budget_s
+        metric=cfg.metric, mode=cfg.mode, n_trials=cfg.n_trials, max_t=max_t, shown=list(space.params), time_budget_s=budget
     )
     return tune.Tuner(
         trainable,
@@ -424,9 +532,9 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
             mode=cfg.mode,
             search_alg=searcher,
             scheduler=create_scheduler(cfg.scheduler),
-            num_samples=cfg.n_trials,
+            num_samples=cfg.n_trials if cfg.n_trials is not None else -1,
             max_concurrent_trials=cfg.max_concurrent,
-            time_budget_s=cfg.time_budget_s,
+            time_budget_s=budget,
             # A worker that already imported torch and timm runs the next trial: seconds, not tens, per trial on CPUs.
             reuse_actors=True,
             trial_dirname_creator=trial_dirname,
@@ -447,7 +555,15 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
 
 
 def _report(
-    frame: Any, space: Space, *, paths: list[str], seconds: float, ensemble: bool, run_dir: str = "", n_trials: int | None = None
+    frame: Any,
+    space: Space,
+    *,
+    paths: list[str],
+    seconds: float,
+    ensemble: bool,
+    run_dir: str = "",
+    n_trials: int | None = None,
+    trials_budget: float | None = None,
 ) -> int:
     """The end of a sweep for people: a summary line, the top of the leaderboard, the paths, the ensemble; the exit status."""
     from ._leaderboard import format_table
@@ -458,10 +574,15 @@ def _report(
     # Ctrl+C between two trials leaves none running: the trials not yet started are what is unfinished
     # (unless the time budget, not an interrupt, ended the sweep).
     budget = space.search.time_budget_s
-    if budget is None or seconds < budget:
+    if trials_budget is None:
+        trials_budget = trial_budget(budget, 0.0)
+    if n_trials is not None and (budget is None or seconds < trials_budget * 0.98):
         counts["pending"] = counts.get("pending", 0) + max(0, n_trials - len(frame))
     disk = f"; {frame['disk_mb'].sum():.1f} MB on disk" if "disk_mb" in frame and frame["disk_mb"].notna().any() else ""
     print(f"\n[medsweep] sweep {space.name} done in {seconds:.0f}s: {summary or 'no trials'}{disk}")
+    early = _early_end(space, frame, seconds=seconds, trials_budget=trials_budget, n_trials=n_trials)
+    if early:
+        print(f"[medsweep] {early}")
     print(format_table(frame, shown=list(space.params)))
     print("\nwritten:")
     for p in paths:
@@ -487,6 +608,16 @@ def _report(
     if ensemble and "://" not in run_dir:
         return _ensemble_step(run_dir)
     return 0
+
+
+def _early_end(space: Space, frame: Any, *, seconds: float, trials_budget: float | None, n_trials: int | None) -> str | None:
+    """Why a sweep with a budget ended before 90 % of it, in words (``None`` when it used it)."""
+    if not trials_budget or seconds >= 0.9 * trials_budget:
+        return None
+    used = f"the trials used {seconds:.0f}s of their {trials_budget:.0f}s"
+    if n_trials is not None and len(frame) >= n_trials:
+        return f"ended early: all {n_trials} trials ran ({used}); leave out search.n_trials to keep sampling until the budget is spent"
+    return f"ended early: every trial ended and the sampler proposed no new one ({used}); widen the space for more trials"
 
 
 def _ensemble_step(run_dir: str) -> int:

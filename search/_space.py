@@ -65,6 +65,10 @@ SEARCH_KEYS = (
     "resources",
     "objectives",
 )
+# `fixed: {epochs: auto}`: trial length sized at the start of the sweep from the data and the budget.
+AUTO = "auto"
+# What a space file with no `fixed:`, `space:` or `include:` runs: the shipped default sweep.
+DEFAULT_PRESET = "presets/auto"
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 TRACKING_KEYS = ("mlflow", "tensorboard")
 MLFLOW_KEYS = ("uri", "experiment")
@@ -199,14 +203,15 @@ class SchedulerConfig:
         type: ``asha`` (stops the worst trials at each rung), ``median`` (stops trials below the
             median of others at the same epoch) or ``fifo`` (never stops a trial).
         max_t: asha: epochs of the last rung; default the most epochs a trial can run.
-        grace_period: asha and median: epochs every trial runs before it can be stopped.
+        grace_period: asha and median: epochs every trial runs before it can be stopped; ``None``
+            until ``epochs: auto`` sizes it.
         reduction_factor: asha: 1/reduction_factor of the trials go on at each rung.
         min_samples_required: median: trials needed at an epoch before comparing.
     """
 
     type: str = "asha"
     max_t: int | None = None
-    grace_period: int = 1
+    grace_period: int | None = 1
     reduction_factor: float = 2
     min_samples_required: int = 3
 
@@ -229,9 +234,10 @@ class SearchConfig:
     Attributes:
         metric: the reported key the sweep optimizes and the scheduler prunes on.
         mode: ``max`` or ``min`` (default ``min`` for a loss, else ``max``).
-        n_trials: trials to run in all.
+        n_trials: trials to run in all; ``None``: keep sampling until ``time_budget_s`` is spent.
         max_concurrent: at most this many trials at once; default as many as the resources allow.
-        time_budget_s: stop the sweep (running trials included) after this many seconds.
+        time_budget_s: the sweep's whole time (trials, ensemble, report): trials stop a reserve before
+            it (at most 10 % of it), so the ensemble step and the report fit too.
         max_failures: how often Tune retries a trial that raised, from its last checkpoint.
         sampler: Optuna's sampler and its seed.
         scheduler: Tune's scheduler (ASHA by default).
@@ -241,7 +247,7 @@ class SearchConfig:
 
     metric: str = "val_auroc"
     mode: str = "max"
-    n_trials: int = 10
+    n_trials: int | None = None
     max_concurrent: int | None = None
     time_budget_s: float | None = None
     max_failures: int = 1
@@ -314,6 +320,30 @@ class Space:
     storage: Any = None
     ray: Mapping[str, Any] = field(default_factory=dict)
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # `epochs: auto` until the sweep sizes it (``with_sizing``); then the chosen sizes.
+    auto_epochs: bool = False
+    sizing: Any = None
+
+    def with_sizing(self, sizing: Any) -> "Space":
+        """This space with ``epochs: auto`` replaced by ``sizing`` (a ``search._budget.Sizing``): fixed
+        ``epochs`` (and ``epoch_samples``), ASHA's ``max_t`` and ``grace_period`` where the file left them
+        out, and TPE's random start sized to the trials the budget is expected to start."""
+        fixed = {**self.fixed, "epochs": int(sizing.epochs)}
+        if sizing.epoch_samples:
+            fixed.setdefault("epoch_samples", int(sizing.epoch_samples))
+        sched = self.search.scheduler
+        if sched.type in ("asha", "median"):
+            grace = sched.grace_period if sched.grace_period is not None else int(sizing.grace_period)
+            max_t = sched.max_t
+            if sched.type == "asha":
+                max_t = min(int(max_t), int(sizing.epochs)) if max_t is not None else int(sizing.epochs)
+                grace = min(grace, max_t)
+            sched = dataclasses.replace(sched, grace_period=grace, max_t=max_t)
+        sampler = self.search.sampler
+        if sampler.type == "tpe" and sampler.n_startup_trials is None and self.search.n_trials is None:
+            sampler = dataclasses.replace(sampler, n_startup_trials=max(2, min(10, int(sizing.expected_trials) // 4)))
+        search = dataclasses.replace(self.search, scheduler=sched, sampler=sampler)
+        return dataclasses.replace(self, fixed=fixed, search=search, auto_epochs=False, sizing=sizing)
 
     def defaults(self) -> dict[str, Any]:
         """The flat training config of a standalone run: fixed values plus each parameter's default.
@@ -330,23 +360,31 @@ class Space:
         """The searched parameters, each after those its ``when`` condition names (file order otherwise)."""
         return [self.params[name] for name in _condition_order(self.params, self.origin)]
 
-    def max_epochs(self) -> int:
-        """The most epochs one trial can train: fixed, the highest searched value, or the default."""
+    def max_epochs(self) -> int | None:
+        """The most epochs one trial can train: fixed, the highest searched value, or the default
+        (``None`` while ``epochs: auto`` is unsized)."""
+        if self.auto_epochs:
+            return None
         return _max_epochs(self.params, self.fixed)
 
-    def max_epochs_per_trial(self) -> int:
+    def max_epochs_per_trial(self) -> int | None:
         """Epochs a trial runs at most: its ``epochs``, capped by ASHA's ``max_t``."""
         sched = self.search.scheduler
+        if self.auto_epochs:
+            return None
         if sched.type == "asha" and sched.max_t is not None:
             return min(self.max_epochs(), sched.max_t)
         return self.max_epochs()
 
     def resolved(self) -> dict[str, Any]:
         """The space after overrides and defaults, as YAML-ready data (a run's ``space.yaml``)."""
+        fixed = dict(self.fixed)
+        if self.auto_epochs:
+            fixed = {"epochs": AUTO, **fixed}
         return {
             "name": self.name,
             "data": self.data.to_dict(),
-            "fixed": dict(self.fixed),
+            "fixed": fixed,
             "space": {name: p.to_dict() for name, p in self.params.items()},
             "search": self.search.to_dict(),
             "ensemble": dict(self.ensemble),
@@ -420,6 +458,41 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
     raw = _read_yaml(p, origin)
     if not isinstance(raw, dict):
         raise ConfigError("must hold a mapping with at least `data:`", origin=origin)
+    return space_from_dict(raw, origin=origin, path=p, overrides=overrides)
+
+
+def space_from_data(spec: str, *, overrides: Sequence[str] = ()) -> Space:
+    """The default sweep on a data set named on the command line: ``medmnist:NAME`` or ``folder:PATH``.
+
+    Example:
+        >>> space = space_from_data("medmnist:breastmnist")
+        >>> space.name, space.auto_epochs
+        ('breastmnist', True)
+    """
+    kind, _, value = str(spec).partition(":")
+    if kind == "medmnist" and value:
+        data: dict[str, Any] = {"source": "medmnist", "dataset": value}
+        name = value
+    elif kind == "folder" and value:
+        data = {"source": "folder", "root": value}
+        name = Path(value).expanduser().resolve().name or "folder"
+    else:
+        raise ConfigError(
+            f"{spec!r} names no data set; write --data medmnist:NAME (e.g. medmnist:breastmnist) or --data folder:PATH",
+            field="--data",
+        )
+    return space_from_dict({"name": name, "data": data}, origin=f"--data {spec}", path=Path.cwd() / "space.yaml", overrides=overrides)
+
+
+def space_from_dict(
+    raw: dict[str, Any], *, origin: str, path: Path, overrides: Sequence[str] = ()
+) -> Space:
+    """Validate a space given as data (``path``: where its ``include:`` names are looked up from)."""
+    raw = dict(raw)
+    p = Path(path)
+    if not any(key in raw for key in ("fixed", "space", "include")):
+        # Only `data:` (and search or ensemble settings): the shipped default sweep around it.
+        raw["include"] = [DEFAULT_PRESET]
     raw = _resolve_includes(raw, p, origin, seen=(p.resolve(),))
     raw = apply_overrides(raw, overrides)
     for key in raw:
@@ -432,7 +505,10 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
     if "data" not in raw:
         raise ConfigError("missing `data:` section; add e.g. `data: {source: medmnist, dataset: pneumoniamnist}`", origin=origin, field="data")
     data = DataConfig.from_dict(raw["data"], origin=origin)
-    fixed = _mapping(raw.get("fixed"), origin, "fixed")
+    fixed = dict(_mapping(raw.get("fixed"), origin, "fixed"))
+    auto_epochs = fixed.get("epochs") == AUTO
+    if auto_epochs:
+        fixed.pop("epochs")
     params = {name: _param(name, spec, origin) for name, spec in _mapping(raw.get("space"), origin, "space").items()}
     both = sorted(set(fixed) & set(params))
     if both:
@@ -455,7 +531,11 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
         check_backbone(fixed["backbone"], origin=origin, field="fixed.backbone")
     _check_conditions(params, fixed, origin)
     _condition_order(params, origin)  # rejects cycles
-    search = _search(_mapping(raw.get("search"), origin, "search"), origin, params=params, fixed=fixed)
+    if auto_epochs and "epochs" in params:
+        raise ConfigError(
+            "is `auto` but `epochs` is also searched; drop one of them", origin=origin, field="fixed.epochs"
+        )
+    search = _search(_mapping(raw.get("search"), origin, "search"), origin, params=params, fixed=fixed, auto=auto_epochs)
     name = str(raw.get("name") or p.stem)
     return Space(
         name=name,
@@ -469,6 +549,7 @@ def load_space(path: str | Path, *, overrides: Sequence[str] = ()) -> Space:
         storage=raw.get("storage"),
         ray=_mapping(raw.get("ray"), origin, "ray"),
         raw=raw,
+        auto_epochs=auto_epochs,
     )
 
 
@@ -794,7 +875,9 @@ def _mode(value: Any, *, origin: str, field: str) -> str:
     return value
 
 
-def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SearchConfig:
+def _search(
+    raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any], auto: bool = False
+) -> SearchConfig:
     """Validate the ``search`` section into a ``SearchConfig``."""
     w = "search"
     check_keys(raw, SEARCH_KEYS, origin=origin, prefix=w, what="search")
@@ -841,13 +924,26 @@ def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param],
             where = f"{w}.objectives" if objectives else f"{w}.mode"
             raise ConfigError(f"max with {obj.metric} would pick the highest loss; use mode: min", origin=origin, field=where)
 
-    n_trials = _number(raw, "n_trials", origin=origin, where=w, kind=int, minimum=1, default=10)
+    n_trials = _number(raw, "n_trials", origin=origin, where=w, kind=int, minimum=1, optional=True)
     max_concurrent = _number(raw, "max_concurrent", origin=origin, where=w, kind=int, minimum=1, optional=True)
-    time_budget_s = _number(raw, "time_budget_s", origin=origin, where=w, kind=float, minimum=0, strict=True, optional=True)
+    budget = raw.get("time_budget_s")
+    if isinstance(budget, str):  # "15m", "1h30m"
+        from ._budget import parse_duration
+
+        try:
+            budget = parse_duration(budget, field=f"{w}.time_budget_s")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, origin=origin, field=f"{w}.time_budget_s") from None
+    time_budget_s = _number({"time_budget_s": budget}, "time_budget_s", origin=origin, where=w, kind=float, minimum=0, strict=True, optional=True)
+    if n_trials is None and time_budget_s is None:
+        from ._budget import DEFAULT_BUDGET_S
+
+        # Neither a count nor a budget: a budget, so the sweep ends on its own.
+        time_budget_s = DEFAULT_BUDGET_S
     max_failures = _number(raw, "max_failures", origin=origin, where=w, kind=int, minimum=0, default=1)
 
     sampler = _sampler(raw.get("sampler"), origin, multi=len(objectives) > 1)
-    scheduler = _scheduler(raw.get("scheduler"), origin, params=params, fixed=fixed)
+    scheduler = _scheduler(raw.get("scheduler"), origin, params=params, fixed=fixed, auto=auto)
     resources = _resources(raw.get("resources"), origin)
     return SearchConfig(
         metric=metric,
@@ -899,7 +995,9 @@ def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
     return SamplerConfig(type=kind, seed=seed, n_startup_trials=startup)
 
 
-def _scheduler(value: Any, origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any]) -> SchedulerConfig:
+def _scheduler(
+    value: Any, origin: str, *, params: Mapping[str, Param], fixed: Mapping[str, Any], auto: bool = False
+) -> SchedulerConfig:
     where = "search.scheduler"
     if value is None:
         value = "asha"
@@ -908,14 +1006,15 @@ def _scheduler(value: Any, origin: str, *, params: Mapping[str, Param], fixed: M
     check_keys(raw, SCHEDULER_KEYS[kind], origin=origin, prefix=where, what=f"a {kind} scheduler")
     if kind == "fifo":
         return SchedulerConfig(type="fifo", grace_period=1)
-    grace = _number(raw, "grace_period", origin=origin, where=where, kind=int, minimum=1, default=1)
+    # With `epochs: auto` the rungs follow the trial length chosen at the start, unless the file sets them.
+    grace = _number(raw, "grace_period", origin=origin, where=where, kind=int, minimum=1, default=None if auto else 1, optional=auto)
     if kind == "median":
         n = _number(raw, "min_samples_required", origin=origin, where=where, kind=int, minimum=1, default=3)
         return SchedulerConfig(type="median", grace_period=grace, min_samples_required=n)
     max_t = _number(raw, "max_t", origin=origin, where=where, kind=int, minimum=1, optional=True)
-    if max_t is None:
+    if max_t is None and not auto:
         max_t = _max_epochs(params, fixed)
-    if grace > max_t:
+    if grace is not None and max_t is not None and grace > max_t:
         raise ConfigError(
             f"`grace_period` ({grace}) must be <= `max_t` ({max_t}); lower grace_period or raise max_t",
             origin=origin,

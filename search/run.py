@@ -21,7 +21,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     parser = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.splitlines()[0])
-    parser.add_argument("space", help="a space file, e.g. spaces/cxr.yaml")
+    parser.add_argument("space", nargs="?", default=None,
+                        help="a space file, e.g. spaces/cxr.yaml (or --data for the default sweep on a data set)")
+    parser.add_argument("--data", default=None, metavar="SOURCE:NAME",
+                        help="the default sweep on a data set, no space file needed: medmnist:NAME or folder:PATH")
+    parser.add_argument("--budget", default=None, metavar="DURATION",
+                        help="the sweep's time budget (900, 15m, 1h30m): trials keep starting until it is spent; "
+                        "the same as --set search.time_budget_s=SECONDS")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value: a training parameter (epochs=5) or a dotted path "
                         "(data.root=/data, search.n_trials=20)")
@@ -46,10 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._run import describe, run_dir_of, run_sweep
         from ._space import load_space
 
+        from ._budget import parse_duration
+        from ._space import space_from_data
+
         overrides = list(args.overrides)
         if args.mlflow is not None:
             overrides.append(f"tracking.mlflow.uri={args.mlflow}")
-        space = load_space(args.space, overrides=overrides)
+        if args.budget is not None:
+            overrides.append(f"search.time_budget_s={parse_duration(args.budget)}")
+        if (args.space is None) == (args.data is None):
+            raise ConfigError("give a space file (python -m search.run spaces/cxr.yaml) or --data medmnist:NAME, not both or neither",
+                              field="space" if args.space is None else "--data")
+        space = load_space(args.space, overrides=overrides) if args.space else space_from_data(args.data, overrides=overrides)
         if args.dry_run:
             print(describe(space, run_dir=run_dir_of(space, args.out)))
             return 0
@@ -65,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         if args.debug:
             raise
-        print(cli_error_line(exc, args.space), file=sys.stderr)
+        print(cli_error_line(exc, args.space or (f"--data {args.data}" if args.data else "search.run")), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if args.debug:

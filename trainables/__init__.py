@@ -11,6 +11,8 @@ from ._metrics import compute_metrics
 from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
+from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
+from ._probe import Speed, measure_speed
 from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._train import TrainingDiverged, predictions_frame, train
 
@@ -27,7 +29,9 @@ __all__ = [
     "LOSSES",
     "MedMNISTSource",
     "OPTIMIZERS",
+    "PRIOR_CORRECTIONS",
     "SCHEDULERS",
+    "Speed",
     "TrainParams",
     "TrainingDiverged",
     "augment_batch",
@@ -42,9 +46,11 @@ __all__ = [
     "create_scheduler",
     "create_source",
     "load_dataset",
+    "measure_speed",
     "mix_batch",
     "predictions_frame",
     "preprocess",
+    "prior_logit_bias",
     "read_image_file",
     "train",
 ]

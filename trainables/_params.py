@@ -32,6 +32,14 @@ class TrainParams:
         amp: mixed precision on CUDA (ignored on CPU).
         device: ``auto``, ``cpu`` or ``cuda``.
         select_metric: the validation metric that picks the best epoch (higher is better).
+        epoch_samples: training samples per epoch (one report, one validation pass, one ASHA step);
+            default one pass over the training split. Large data sets get sub-epochs this way, so a
+            trial reports often enough for a scheduler to prune it and for a budget to end it cleanly.
+        prior_correction: what class mix the written probabilities answer for when a balanced sampler
+            or class weights changed the one trained on: ``train`` (the training split's), ``val``
+            (the validation split's) or ``none`` (as trained).
+        ema: evaluate and keep an exponential moving average of the weights (timm's ``ModelEmaV3``).
+        ema_decay: the average's decay per optimizer step (with timm's warm-up for short runs).
     """
 
     backbone: str = "resnet18"
@@ -50,6 +58,10 @@ class TrainParams:
     amp: bool = True
     device: str = "auto"
     select_metric: str = "val_auroc"
+    epoch_samples: int | None = None
+    prior_correction: str = "train"
+    ema: bool = False
+    ema_decay: float = 0.999
     # losses
     loss: str = "auto"
     label_smoothing: float = 0.0
@@ -144,6 +156,8 @@ class TrainParams:
         bound("drop_rate", 0 <= self.drop_rate < 1, "in [0, 1)")
         bound("threads", self.threads is None or self.threads >= 1, "an integer >= 1")
         bound("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
+        bound("epoch_samples", self.epoch_samples is None or self.epoch_samples >= 2, "an integer >= 2 or null (one pass)")
+        bound("ema_decay", 0 < self.ema_decay < 1, "in (0, 1), e.g. 0.999")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
         bound("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
         bound("focal_gamma", self.focal_gamma >= 0, ">= 0")
@@ -179,6 +193,7 @@ class TrainParams:
         from ._heads import HEADS
         from ._losses import LOSSES
         from ._optim import OPTIMIZERS, SCHEDULERS
+        from ._prior import PRIOR_CORRECTIONS
 
         for name, valid in (
             ("head", sorted(HEADS)),
@@ -186,6 +201,7 @@ class TrainParams:
             ("optimizer", list(OPTIMIZERS)),
             ("scheduler", list(SCHEDULERS)),
             ("augment", list(AUGMENT_LEVELS)),
+            ("prior_correction", list(PRIOR_CORRECTIONS)),
         ):
             value = getattr(self, name)
             if value not in valid:

@@ -123,16 +123,20 @@ class _Run:
             backbone_lr_mult=p.backbone_lr_mult, momentum=p.momentum, nesterov=p.nesterov,
         )
         n_train = len(self.ds.splits["train"])
-        self.steps_per_epoch = max(1, _n_batches(n_train, p.batch_size))
+        # An "epoch" is one report: a pass over the training split, or `epoch_samples` draws from it.
+        self.epoch_samples = int(p.epoch_samples) if p.epoch_samples else n_train
+        self.steps_per_epoch = max(1, _n_batches(self.epoch_samples, p.batch_size))
         self.sched = create_scheduler(
             self.opt, name=p.scheduler, epochs=p.epochs, steps_per_epoch=self.steps_per_epoch, lr=p.lr,
             warmup_epochs=p.warmup_epochs, min_lr=p.min_lr, step_epochs=p.step_epochs, decay_rate=p.decay_rate,
             plateau_patience=p.plateau_patience,
         )
         loss = p.loss if p.loss != "auto" else ("bce" if self.ds.multilabel else "ce")
+        class_weights = self.ds.class_weights if loss in ("weighted_ce",) else None
+        self.logit_bias = self._prior_bias(class_weights)
         self.loss_fn = create_loss(
             loss, task=self.ds.task, num_classes=self.ds.num_classes,
-            class_weights=self.ds.class_weights if loss in ("weighted_ce",) else None,
+            class_weights=class_weights,
             label_smoothing=p.label_smoothing, gamma=p.focal_gamma, alpha=p.focal_alpha,
             gamma_pos=p.asl_gamma_pos, gamma_neg=p.asl_gamma_neg, clip=p.asl_clip,
         ).to(self.device)
@@ -146,6 +150,12 @@ class _Run:
                           kp=p.ast_kp, ki=p.ast_ki)
             if p.activation_rate < 1.0 else None
         )
+        self.ema = None
+        if p.ema:
+            from timm.utils import ModelEmaV3
+
+            # Warm-up: the average follows the weights closely at first, so runs of a few hundred steps gain too.
+            self.ema = ModelEmaV3(self.model, decay=p.ema_decay, use_warmup=True, device=self.device)
         self.energy = EnergyMeter(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         mean = torch.tensor(self.ds.mean, device=self.device).view(1, -1, 1, 1)
@@ -163,6 +173,25 @@ class _Run:
         self.dense_joules: list[float] = []
         self.rng = np.random.default_rng(p.seed)
         self.updates = 0
+
+    def _prior_bias(self, class_weights):
+        """The logit offset that gives probabilities for the real class mix (see ``_prior``), or None."""
+        from ._prior import prior_logit_bias
+
+        p = self.p
+        bias = prior_logit_bias(
+            self.ds.splits["train"].labels, num_classes=self.ds.num_classes, multilabel=self.ds.multilabel,
+            sampler=p.sampler, class_weights=np.asarray(class_weights) if class_weights is not None else None,
+            target=p.prior_correction, target_labels=self.ds.splits["val"].labels,
+        )
+        if bias is None:
+            return None
+        return self.torch.tensor(bias, dtype=self.torch.float32, device=self.device).view(1, -1)
+
+    @property
+    def eval_model(self):
+        """What validation, predictions and the best checkpoint use: the weight average when ``ema`` is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ------------------------------------------------------------------ data
 
@@ -184,23 +213,28 @@ class _Run:
         """This epoch's sample order: a permutation, or class-balanced draws with replacement."""
         labels = self.ds.splits["train"].labels
         n = len(labels)
+        k = self.epoch_samples
         if self.p.sampler != "balanced":
-            return self.rng.permutation(n)
+            if k == n:
+                return self.rng.permutation(n)
+            # Sub-epochs draw without replacement within the epoch; longer ones chain permutations.
+            reps = -(-k // n)
+            return np.concatenate([self.rng.permutation(n) for _ in range(reps)])[:k]
         from torch.utils.data import WeightedRandomSampler
 
         weights = sample_weights(labels, multilabel=self.ds.multilabel)
         gen = self.torch.Generator().manual_seed(int(self.rng.integers(2**31)))
-        return np.fromiter(WeightedRandomSampler(weights, num_samples=n, replacement=True, generator=gen), dtype=np.int64, count=n)
+        return np.fromiter(WeightedRandomSampler(weights, num_samples=k, replacement=True, generator=gen), dtype=np.int64, count=k)
 
     def _batches(self, split: str, *, shuffle: bool, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         sp = self.ds.splits[split]
-        n = len(sp)
-        order = self._train_order() if shuffle else np.arange(n)
+        order = self._train_order() if shuffle else np.arange(len(sp))
+        n = len(order)
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             if shuffle and len(idx) < 2:
                 break  # batch norm cannot train on one sample
-            if not shuffle or self.p.sampler != "balanced":
+            if not shuffle or (self.p.sampler != "balanced" and self.epoch_samples <= len(sp)):
                 idx = np.sort(idx)  # memmap reads in order (balanced draws repeat indices: keep them)
             yield sp.images[idx], sp.labels[idx]
 
@@ -265,6 +299,8 @@ class _Run:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.updates)
 
     def _train_epoch(self, epoch: int = 0) -> dict[str, float]:
         torch = self.torch
@@ -354,11 +390,14 @@ class _Run:
     def predict(self, split: str) -> tuple[np.ndarray, float]:
         """Probabilities and mean loss of ``split`` with the current weights."""
         torch = self.torch
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         probs, total = [], 0.0
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             for images, labels in self._batches(split, shuffle=False, batch_size=self.p.eval_batch_size):
-                logits = self.model(self._to_input(images)).float()
+                logits = model(self._to_input(images)).float()
+                if self.logit_bias is not None:
+                    logits = logits + self.logit_bias
                 total += float(self._eval_loss(logits, self._target(labels))) * len(labels)
                 p = torch.sigmoid(logits) if self.ds.multilabel else torch.softmax(logits, 1)
                 probs.append(p.cpu().numpy())
@@ -385,7 +424,7 @@ class _Run:
             self.sched.step(epoch + 1, score)
             if score > self.best:
                 self.best, self.best_epoch = score, epoch + 1
-                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
                 # Written at every improvement, so a trial that a scheduler stops early still leaves its predictions.
                 self._write_predictions(val_probs)
                 since_best = 0
@@ -423,6 +462,7 @@ class _Run:
             "dense_seconds": list(self.dense_seconds),
             "dense_joules": list(self.dense_joules),
             "ast": self.ast.state_dict() if self.ast is not None else {},
+            "ema": self.ema.module.state_dict() if self.ema is not None else {},
             "rng": json.dumps(self.rng.bit_generator.state),
             "torch_rng": self.torch.get_rng_state(),
         }
@@ -454,6 +494,8 @@ class _Run:
             "mean": self.ds.mean,
             "std": self.ds.std,
             "head": self.p.head,
+            # Added to the logits before softmax/sigmoid wherever the weights are used (the bundle too).
+            "logit_bias": self.logit_bias.view(-1).tolist() if self.logit_bias is not None else None,
             "params": asdict(self.p),
             "best_epoch": self.best_epoch,
             "best_score": self.best,
@@ -487,6 +529,8 @@ class _Run:
             self.dense_joules = [float(v) for v in state["dense_joules"]]
             if self.ast is not None and state["ast"]:
                 self.ast.load_state_dict(state["ast"])
+            if self.ema is not None and state.get("ema"):
+                self.ema.module.load_state_dict(state["ema"])
             self.rng.bit_generator.state = json.loads(state["rng"])
             self.torch.set_rng_state(state["torch_rng"].cpu())
             if (directory / BEST_WEIGHTS).is_file():
@@ -534,7 +578,7 @@ class _Run:
             save_file(_contiguous(self.best_state), self.out_dir / BEST_WEIGHTS)
         (self.out_dir / "model.json").write_text(json.dumps(self._model_info(), indent=1))
         if not (self.out_dir / "predictions_val.parquet").is_file() and self.best_state is not None:
-            self.model.load_state_dict(self.best_state)
+            self.eval_model.load_state_dict(self.best_state)
             self._write_predictions(self.predict("val")[0])
 
 

@@ -29,6 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._train import train
 
         space = load_space(args.space, overrides=args.overrides)
+        if space.auto_epochs:
+            # As long as one full-length trial of the sweep would train.
+            from search._run import size_standalone
+
+            space = size_standalone(space)
         # The same constants a sweep's trials get, so the best epoch is picked by the space's metric.
         config = {**space.defaults(), **trial_constants(space), "_out_dir": args.out, "_resume": args.resume}
         row = train(config)

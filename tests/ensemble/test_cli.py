@@ -28,7 +28,7 @@ def test_build_cli_rebuilds_into_another_folder(sweep, tmp_path):
     from ensemble.build import main
 
     out_dir = tmp_path / "bundle"
-    rc, out, err = run_cli(main, [str(sweep.run_dir), "--top-k", "3", "--out", str(out_dir), "--n-boot", "50"])
+    rc, out, err = run_cli(main, [str(sweep.run_dir), "--top-k", "3", "--selection", "top_k", "--out", str(out_dir), "--n-boot", "50"])
     assert rc == 0, err
     manifest = json.loads((out_dir / "manifest.json").read_text())
     assert len(manifest["members"]) == 3 and "ensemble: 3 of 4 usable trials" in out
@@ -102,7 +102,7 @@ def test_a_failing_ensemble_step_keeps_the_sweep_and_exits_non_zero(sweep, tmp_p
 
     run = copy_run(sweep.run_dir, tmp_path / "smoke")
     space = yaml.safe_load((run / "space.yaml").read_text())
-    space["ensemble"] = {"top_k": 9}
+    space["ensemble"] = {"combiners": ["mean", "stack"]}
     (run / "space.yaml").write_text(yaml.safe_dump(space))
     frame = pd.read_parquet(run / "leaderboard.parquet")
     before = (run / "leaderboard.parquet").read_bytes()
@@ -111,7 +111,7 @@ def test_a_failing_ensemble_step_keeps_the_sweep_and_exits_non_zero(sweep, tmp_p
     captured = capsys.readouterr()
     assert rc == 2
     err = captured.err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("medsweep: error: ensemble step: ") and "top_k is 9 but only 4" in err[0]
+    assert len(err) == 1 and err[0].startswith("medsweep: error: ensemble step: ") and "Unknown combiner 'stack'" in err[0]
     assert "trial_id" in captured.out  # the leaderboard table was printed
     assert (run / "leaderboard.parquet").read_bytes() == before and not (run / "ensemble").exists()
     # --no-ensemble: no step, status 0.

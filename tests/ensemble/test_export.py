@@ -13,7 +13,7 @@ pytestmark = pytest.mark.ray  # the shared sweep starts a local Ray
 
 @pytest.fixture
 def fitted(sweep):
-    sel = select_members(sweep.run_dir, top_k=2)
+    sel = select_members(sweep.run_dir, top_k=2, selection="top_k")
     ens = StackingEnsemble(task=sel.task, combiners=("mean", "greedy"), n_folds=3, temperature=False).fit(sel.P_val, sel.y_val)
     return sel, ens
 

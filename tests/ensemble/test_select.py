@@ -17,7 +17,7 @@ from .conftest import copy_run, run_cli
 def test_the_top_k_trials_by_the_sweep_metric_with_aligned_predictions(sweep):
     board = pd.read_parquet(sweep.run_dir / "leaderboard.parquet")
     usable = board[board["status"].isin(["finished", "pruned"])].sort_values(["best", "trial_id"], ascending=[False, True])
-    sel = select_members(sweep.run_dir, top_k=2)
+    sel = select_members(sweep.run_dir, top_k=2, selection="top_k")
     assert [m.trial_id for m in sel.members] == usable["trial_id"].tolist()[:2]
     assert sel.P_val.shape == (2, 16, 2) and sel.P_test.shape == (2, 16, 2)
     assert sel.settings.n_folds == 3  # from the sweep's space.yaml (--set ensemble.n_folds=3)
@@ -28,42 +28,76 @@ def test_the_top_k_trials_by_the_sweep_metric_with_aligned_predictions(sweep):
 
 
 @pytest.mark.ray
-def test_top_k_larger_than_the_available_trials_fails_with_one_line(sweep):
+def test_top_k_larger_than_the_available_trials_builds_from_all_with_a_warning(sweep):
     from ensemble.build import main
 
-    rc, out, err = run_cli(main, [str(sweep.run_dir), "--top-k", "9", "--out", str(sweep.run_dir / "never")])
-    assert rc == 2
-    assert len(err.strip().splitlines()) == 1 and err.startswith("medsweep: error: ")
-    assert "top_k is 9 but only 4 trial(s) are available" in err and "--top-k 4" in err
-    assert not (sweep.run_dir / "never").exists()
+    out_dir = sweep.run_dir.parent / "all-four"
+    with pytest.warns(UserWarning, match="only 4 usable trial"):
+        rc, out, err = run_cli(main, [str(sweep.run_dir), "--top-k", "9", "--selection", "top_k", "--out", str(out_dir)])
+    assert rc == 0, err
+    assert "fewer than top_k 9: the ensemble takes all of them" in out
+    assert (out_dir / "manifest.json").is_file()
+    import json
+
+    assert len(json.loads((out_dir / "manifest.json").read_text())["members"]) == 4
 
 
 @pytest.mark.ray
-def test_a_top_k_set_in_the_space_file_also_fails_when_too_large(sweep, tmp_path):
+def test_a_top_k_set_in_the_space_file_larger_than_the_trials_takes_all_of_them(sweep, tmp_path):
     run = copy_run(sweep.run_dir, tmp_path / "run")
     space = yaml.safe_load((run / "space.yaml").read_text())
-    space["ensemble"] = {"top_k": 6}
+    space["ensemble"] = {"top_k": 6, "selection": "top_k"}
     (run / "space.yaml").write_text(yaml.safe_dump(space))
-    with pytest.raises(ConfigError, match=r"ensemble\.top_k: top_k is 6 but only 4"):
-        select_members(run)
+    with pytest.warns(UserWarning, match="fewer than top_k 6"):
+        sel = select_members(run)
+    assert len(sel.members) == sel.n_available == 4
 
 
 @pytest.mark.ray
 def test_max_per_backbone_caps_the_members(sweep):
     sel = select_members(sweep.run_dir, max_per_backbone=1)  # every smoke trial is test_resnet
     assert len(sel.members) == 1 and sel.n_available == 1
-    with pytest.raises(ConfigError, match="at most 1 per backbone"):
-        select_members(sweep.run_dir, top_k=2, max_per_backbone=1)
+    with pytest.warns(UserWarning, match="fewer than top_k 2"):
+        assert len(select_members(sweep.run_dir, top_k=2, max_per_backbone=1).members) == 1
+
+
+def _member(tid: str, val: np.ndarray):
+    from ensemble import Member
+
+    return Member(trial_id=tid, backbone="b", head="linear", val_score=0.0, config={}, folder=None, model={}, val=val, test=val)
+
+
+def test_greedy_selection_passes_over_a_copy_of_a_member_for_one_that_errs_elsewhere():
+    from ensemble._select import _forward_select
+
+    # Two noisy views of one score: a copy of member a adds nothing to the average, member c (its own
+    # noise) does, though c alone ranks below the copy.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    signal = 1.5 * (2 * y - 1)
+    def probs(z):
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([1 - p, p], 1)
+    a = probs(signal + rng.normal(0, 2.0, 400))
+    c = probs(signal + rng.normal(0, 2.3, 400))
+    members = [_member("a", a), _member("copy", a.copy()), _member("c", c)]
+    chosen, note = _forward_select(members, y, task="binary", k=2, metric="auroc")
+    assert [m.trial_id for m in chosen] == ["a", "c"]
+    assert "greedy selection over the 3 best trials picked 2: a (#1), c (#3)" in note
+    # A clearly worse member is not averaged in.
+    bad = probs(-signal + rng.normal(0, 1.0, 400))
+    chosen, _ = _forward_select([_member("a", a), _member("bad", bad)], y, task="binary", k=2, metric="auroc")
+    assert [m.trial_id for m in chosen] == ["a"]
 
 
 @pytest.mark.ray
 def test_members_whose_predictions_cover_other_samples_are_refused(sweep, tmp_path):
     run = copy_run(sweep.run_dir, tmp_path / "run")
-    sel = select_members(run, top_k=2)
+    sel = select_members(run, top_k=2, selection="top_k")
     victim = sel.members[1].folder / "predictions_val.parquet"
     pd.read_parquet(victim).iloc[1:].to_parquet(victim, index=False)
     with pytest.raises(ConfigError, match=f"trial {sel.members[1].trial_id}'s val predictions cover other samples"):
-        select_members(run, top_k=2)
+        select_members(run, top_k=2, selection="top_k")
 
 
 @pytest.mark.ray
@@ -92,7 +126,8 @@ def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
         ({"top_k": 0}, r"ensemble\.top_k: must be an integer >= 1, got 0"),
         ({"top_k": "5"}, r"ensemble\.top_k: must be an integer"),
         ({"n_folds": 1}, r"ensemble\.n_folds: must be an integer >= 2"),
-        ({"combiners": ["mean", "stack"]}, r"Unknown combiner 'stack'; valid: mean, greedy, logistic, mlp"),
+        ({"combiners": ["mean", "stack"]}, r"Unknown combiner 'stack'; valid: mean, best, greedy, logistic, mlp"),
+        ({"selection": "topk"}, r"ensemble\.selection: Unknown selection 'topk'; did you mean 'top_k'\?; valid: greedy, top_k"),
         ({"combiners": []}, r"ensemble\.combiners: must be a list"),
         ({"temperature": "yes"}, r"ensemble\.temperature: must be true or false"),
         ({"max_per_backbone": 0}, r"ensemble\.max_per_backbone: must be an integer >= 1"),
@@ -108,7 +143,8 @@ def test_the_ensemble_section_is_checked(raw, match):
 
 def test_the_ensemble_section_defaults_and_values():
     s = EnsembleSettings.from_dict({})
-    assert (s.top_k, s.combiners, s.n_folds, s.temperature, s.max_per_backbone) == (5, ("mean", "logistic", "mlp", "greedy"), 5, True, None)
+    assert (s.top_k, s.combiners, s.n_folds, s.temperature, s.max_per_backbone) == (5, ("mean", "best", "logistic", "mlp", "greedy"), 5, True, None)
+    assert (s.selection, s.pool) == ("greedy", 20)
     assert not s.top_k_set and s.stacking_metric("val_auroc") == "auroc" and s.stacking_metric("val_loss") == "log_loss"
     s = EnsembleSettings.from_dict({"top_k": 3, "combiners": "greedy", "max_per_backbone": 2, "temperature": False})
     assert (s.top_k, s.combiners, s.max_per_backbone, s.temperature, s.top_k_set) == (3, ("greedy",), 2, False, True)
@@ -136,5 +172,5 @@ def test_a_trial_stopped_before_its_first_result_is_passed_over(sweep, tmp_path)
     for col in ("checkpoint", "path", "predictions_val", "predictions_test"):
         ghost[col] = float("nan")
     pd.concat([board, ghost], ignore_index=True).to_parquet(run / "leaderboard.parquet", index=False)
-    sel = select_members(run, top_k=2)
+    sel = select_members(run, top_k=2, selection="top_k")
     assert "ghost000" not in [m.trial_id for m in sel.members] and len(sel.members) == 2

@@ -1,0 +1,249 @@
+"""The budget drives the sweep: ``epochs: auto`` sized from the data, the batch size, this machine's speed
+and ``search.time_budget_s``; ASHA's rungs follow in the same unit.
+
+A trial's length is fixed so that about ``FULL_TRIALS`` trials of full length fit the budget on the
+sweep's concurrent slots; ASHA stops most trials long before that, so the budget starts several times as
+many. A small data set gets many epochs (capped at ``MAX_EPOCHS``); a large one whose full pass does not
+fit gets ``MIN_ROUNDS`` sub-epochs of ``epoch_samples`` draws each, so every trial still reports often
+enough to be pruned and still leaves predictions when the budget ends it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from trainables import ConfigError
+
+__all__ = ["DEFAULT_BUDGET_S", "Sizing", "parse_duration", "size_space", "size_trials"]
+
+# What a sweep gets when its file names neither a time budget nor a trial count.
+DEFAULT_BUDGET_S = 900.0
+# Full-length trials the budget is sized for; with ASHA (reduction 3) a started trial costs about a
+# quarter of a full one, so the budget starts about 4x as many.
+FULL_TRIALS = 5
+# MedMNIST's own baselines train 100 epochs; more only spends the budget on fewer, overfitted trials.
+MAX_EPOCHS = 100
+# Reports per trial when a full pass does not fit: ASHA (reduction 3) then has rungs at 1, 3 and 9.
+MIN_ROUNDS = 9
+# Fewer samples per sub-epoch than this makes the validation pass the trial's main cost.
+MIN_EPOCH_SAMPLES = 256
+# Training steps are slower in a trial than in the probe: augmentation, data reads, two trials per machine.
+_TRAIN_OVERHEAD = 1.3
+# Seconds per epoch besides images: the checkpoint, the report, the scheduler's bookkeeping.
+_EPOCH_FIXED_S = 0.4
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """How long each trial trains, chosen from the data and the budget.
+
+    Attributes:
+        epochs: reports per trial (epochs, or sub-epochs of ``epoch_samples``); ASHA's ``max_t``.
+        epoch_samples: training draws per sub-epoch; ``None`` when an epoch is one pass.
+        grace_period: ASHA's first rung, in the same unit.
+        epoch_seconds: estimated seconds of one epoch of one trial.
+        trial_seconds: estimated seconds of a full-length trial.
+        expected_trials: about how many trials the budget starts (ASHA stopping most early).
+        budget_s: the seconds the trials share.
+        concurrency: trials running at once.
+        n_train: training images.
+        batch_size: the batch size the sizing assumed.
+    """
+
+    epochs: int
+    epoch_samples: int | None
+    grace_period: int
+    epoch_seconds: float
+    trial_seconds: float
+    expected_trials: int
+    budget_s: float
+    concurrency: int
+    n_train: int
+    batch_size: int
+
+    @property
+    def steps_per_trial(self) -> int:
+        per_epoch = self.epoch_samples or self.n_train
+        return self.epochs * max(1, per_epoch // self.batch_size)
+
+    def describe(self) -> str:
+        """One line for the start of a sweep."""
+        unit = (
+            f"{self.epochs} epochs" if self.epoch_samples is None
+            else f"{self.epochs} sub-epochs of {self.epoch_samples} images (a full pass is {self.n_train})"
+        )
+        return (
+            f"epochs: auto -> {unit}, about {self.steps_per_trial} optimizer steps a trial "
+            f"(~{self.epoch_seconds:.1f}s an epoch, ~{self.trial_seconds:.0f}s a full trial); "
+            f"ASHA grace {self.grace_period}, max_t {self.epochs}; "
+            f"about {self.expected_trials} trials in {self.budget_s:.0f}s on {self.concurrency} slot(s)"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def size_trials(
+    *,
+    n_train: int,
+    n_val: int,
+    n_test: int,
+    batch_size: int,
+    train_s: float,
+    eval_s: float,
+    budget_s: float,
+    concurrency: int,
+    reduction_factor: float = 3.0,
+    full_trials: int = FULL_TRIALS,
+    max_epochs: int = MAX_EPOCHS,
+) -> Sizing:
+    """Trial length for a data set and a budget.
+
+    Args:
+        n_train: training images.
+        n_val: validation images (one pass every epoch).
+        n_test: test images (predicted whenever validation improves; counted at half an epoch's share).
+        batch_size: training batch size.
+        train_s: seconds per training image (``trainables.measure_speed``).
+        eval_s: seconds per evaluated image.
+        budget_s: seconds the sweep's trials may run.
+        concurrency: trials at once.
+        reduction_factor: ASHA's; sets the grace period so that rungs fall at about max_t / rf^2 and / rf.
+        full_trials: full-length trials the budget is sized for.
+        max_epochs: the most epochs a trial gets, however small the data.
+
+    Example:
+        >>> small = size_trials(n_train=500, n_val=70, n_test=600, batch_size=64, train_s=4e-3, eval_s=6e-4,
+        ...                     budget_s=800, concurrency=2)
+        >>> large = size_trials(n_train=12000, n_val=1700, n_test=3400, batch_size=64, train_s=4e-3, eval_s=6e-4,
+        ...                     budget_s=800, concurrency=2)
+        >>> small.epochs > large.epochs
+        True
+    """
+    eval_cost = (n_val + 0.5 * n_test) * eval_s + _EPOCH_FIXED_S
+    full_epoch = n_train * train_s * _TRAIN_OVERHEAD + eval_cost
+    trial_budget = budget_s * max(1, concurrency) / max(1, full_trials)
+    raw = trial_budget / full_epoch
+    epoch_samples: int | None = None
+    if raw >= MIN_ROUNDS:
+        epochs = int(min(max_epochs, round(raw)))
+        epoch_s = full_epoch
+    else:
+        epochs = MIN_ROUNDS
+        per_round = trial_budget / MIN_ROUNDS - eval_cost
+        samples = int(per_round / (train_s * _TRAIN_OVERHEAD)) if per_round > 0 else 0
+        samples = max(MIN_EPOCH_SAMPLES, 2 * batch_size, samples)
+        if samples >= n_train:  # rounding: a full pass fits after all
+            epochs = MIN_ROUNDS
+        else:
+            epoch_samples = samples
+        epoch_s = min(samples, n_train) * train_s * _TRAIN_OVERHEAD + eval_cost
+    grace = max(1, int(round(epochs / reduction_factor**2)))
+    trial_s = epochs * epoch_s
+    cost = _asha_cost(epochs, grace, reduction_factor) * trial_s
+    expected = max(1, int(budget_s * max(1, concurrency) / max(cost, 1e-9)))
+    return Sizing(
+        epochs=epochs,
+        epoch_samples=epoch_samples,
+        grace_period=grace,
+        epoch_seconds=epoch_s,
+        trial_seconds=trial_s,
+        expected_trials=expected,
+        budget_s=budget_s,
+        concurrency=max(1, concurrency),
+        n_train=n_train,
+        batch_size=batch_size,
+    )
+
+
+def _asha_cost(max_t: int, grace: int, rf: float) -> float:
+    """The mean share of ``max_t`` that a trial trains under ASHA: 1/rf of trials pass each rung."""
+    rungs = []
+    r = float(grace)
+    while r < max_t:
+        rungs.append(r)
+        r *= rf
+    cost, share, done = 0.0, 1.0, 0.0
+    for rung in rungs:
+        cost += share * (rung - done)
+        done, share = rung, share / rf
+    cost += share * (max_t - done)
+    return cost / max_t
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.IGNORECASE)
+
+
+def parse_duration(text: Any, *, field: str = "--budget") -> float:
+    """Seconds from ``900``, ``900s``, ``15m``, ``1h30m`` or ``1.5h``.
+
+    Example:
+        >>> parse_duration("1h30m"), parse_duration("15m"), parse_duration(90)
+        (5400.0, 900.0, 90.0)
+    """
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().replace(" ", "")
+        parts = _DURATION.findall(s)
+        if not s or "".join(n + u for n, u in parts).lower() != s.lower():
+            raise ConfigError(f"{text!r} is not a duration; write it like 900, 900s, 15m, 1h30m", field=field)
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}
+        seconds = sum(float(n) * scale[u.lower()] for n, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"must be a positive duration like 15m, got {text!r}", field=field)
+    return seconds
+
+
+def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, echo: Any = None) -> Sizing:
+    """Measure this machine on the space's backbones and size its trials for ``dataset`` and ``budget_s``.
+
+    Args:
+        space: a loaded ``Space`` with ``epochs: auto``.
+        dataset: the loaded ``trainables.Dataset`` (split sizes, channels, classes, image size).
+        budget_s: seconds the trials share.
+        concurrency: trials at once.
+        echo: ``print`` for a line per measured backbone; ``None`` for silence.
+    """
+    import torch
+
+    from trainables import TrainParams, measure_speed
+
+    def value(name: str, default: Any) -> Any:
+        if name in space.fixed:
+            return space.fixed[name]
+        p = space.params.get(name)
+        return p.default_value() if p is not None else default
+
+    bp = space.params.get("backbone")
+    backbones = list(bp.choices) if bp is not None and bp.type == "categorical" else [value("backbone", TrainParams.backbone)]
+    batch_size = int(value("batch_size", TrainParams.batch_size))
+    threads = int(space.fixed.get("threads") or max(1, int(space.search.resources.cpu)))
+    device = "cuda" if space.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    speeds = []
+    for backbone in backbones[:4]:  # a handful is enough for a mean; each takes about a second
+        s = measure_speed(
+            str(backbone), image_size=int(dataset.image_size), channels=int(dataset.channels),
+            num_classes=int(dataset.num_classes), batch_size=batch_size, threads=threads,
+            head=str(value("head", "linear")), device=device,
+        )
+        speeds.append(s)
+        if echo is not None:
+            echo(f"[medsweep] speed of {backbone} at {dataset.image_size}px on {threads} thread(s): "
+                 f"{1 / s.train_s:.0f} training images/s, {1 / s.eval_s:.0f} evaluated/s")
+    splits = dataset.splits
+    return size_trials(
+        n_train=len(splits["train"]),
+        n_val=len(splits["val"]),
+        n_test=len(splits["test"]),
+        batch_size=batch_size,
+        train_s=float(sum(s.train_s for s in speeds) / len(speeds)),
+        eval_s=float(sum(s.eval_s for s in speeds) / len(speeds)),
+        budget_s=budget_s,
+        concurrency=concurrency,
+        reduction_factor=float(space.search.scheduler.reduction_factor or 3),
+    )
