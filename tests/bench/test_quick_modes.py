@@ -93,3 +93,21 @@ def test_augment_quick_writes_throughput_per_level(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "simple" in out.read_text() and "advanced" in out.read_text()
+
+
+@needs_medmnist
+def test_baseline_quick_scores_its_top_trials_on_test(tmp_path):
+    stdout, result = _bench("baseline.py", "--n-boot", "200", out=tmp_path / "baseline.json")
+    assert result["trials_started"] == 2 and result["trials_errored"] == 0 and result["trial_epochs"] == 2
+    assert result["sizes"]["train"] < 500  # the 10 % subset
+    top = result["top3"]
+    assert result["top_k"] == len(top) == 2
+    assert [t["best_val_auroc"] for t in top] == sorted((t["best_val_auroc"] for t in top), reverse=True)
+    mean = result["top3_mean_of_metrics"]
+    for k in ("auroc", "accuracy"):  # the mean of metrics is the mean of the members' own figures
+        assert mean[k] == pytest.approx(sum(t[f"test_{k}"] for t in top) / len(top), abs=1e-3)
+        for m in (mean, result["top3_mean_probs"]):
+            lo, hi = m[f"{k}_ci95"]
+            assert 0.0 <= lo <= hi <= 1.0
+    assert result["top3_mean_probs"]["accuracy_ci95"][0] <= result["top3_mean_probs"]["accuracy"] <= result["top3_mean_probs"]["accuracy_ci95"][1]
+    assert "top-2 mean of probabilities" in stdout and "top-2 mean of metrics" in stdout
