@@ -50,6 +50,21 @@ def auroc(y: np.ndarray, prob: np.ndarray) -> float:
     return float(roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=np.arange(prob.shape[1])))
 
 
+def auroc_by_ranks(y: np.ndarray, prob: np.ndarray) -> float:
+    """``auroc`` from average ranks (Mann-Whitney U), without scikit-learn's per-call checks: the bootstrap
+    calls it thousands of times (1000 resamples of BloodMNIST's 3421 test images: about 5 s, not 100)."""
+    from scipy.stats import rankdata
+
+    cols = [1] if prob.shape[1] == 2 else range(prob.shape[1])
+    ranks = rankdata(prob[:, list(cols)], axis=0)
+    aucs = []
+    for j, c in enumerate(cols):
+        pos = y == c
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        aucs.append((ranks[pos, j].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(np.mean(aucs))
+
+
 def accuracy(y: np.ndarray, prob: np.ndarray) -> float:
     return float(np.mean(prob.argmax(1) == y))
 
@@ -182,8 +197,8 @@ def bootstrap(y: np.ndarray, probs: list[np.ndarray], *, n_boot: int, seed: int)
         got["mean_of_metrics_accuracy"].append(np.mean([accuracy(yb, p[idx]) for p in probs]))
         if len(np.unique(yb)) < n_classes:  # AUROC needs every class in the resample
             continue
-        got["mean_probs_auroc"].append(auroc(yb, mean[idx]))
-        got["mean_of_metrics_auroc"].append(np.mean([auroc(yb, p[idx]) for p in probs]))
+        got["mean_probs_auroc"].append(auroc_by_ranks(yb, mean[idx]))
+        got["mean_of_metrics_auroc"].append(np.mean([auroc_by_ranks(yb, p[idx]) for p in probs]))
     return {k: [round(float(np.percentile(v, 2.5)), 4), round(float(np.percentile(v, 97.5)), 4)] if v else None
             for k, v in got.items()}
 
