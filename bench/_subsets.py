@@ -14,6 +14,12 @@ Bench scripts load this file by path (bench/ is not a package, and bench/ast.py 
 
 from __future__ import annotations
 
+import sys
+
+# bench/ast.py would shadow the standard library's `ast` when this file runs as a script.
+if sys.path and sys.path[0] == __import__("os").path.dirname(__import__("os").path.abspath(__file__)):
+    sys.path.pop(0)
+
 import json
 import os
 import re
@@ -138,3 +144,26 @@ def make_variants(root: str | Path, names=VARIANTS, *, src_dir: str | Path, seed
                 meta_file.write_text(json.dumps(meta, indent=2))
         out[name] = folder
     return out
+
+
+def main(argv=None) -> int:
+    """``python bench/_subsets.py ROOT [VARIANT ...] [--seed 0]``: write the variants, print their folders."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write MedMNIST bench variants as ROOT/<variant>/<dataset>.npz.")
+    parser.add_argument("root")
+    parser.add_argument("variants", nargs="*", default=list(VARIANTS), help=f"default: {' '.join(VARIANTS)}")
+    parser.add_argument("--src-dir", default=os.environ.get("MEDSWEEP_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets")))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        for name, folder in make_variants(args.root, args.variants, src_dir=args.src_dir, seed=args.seed).items():
+            sizes = json.loads((folder / "cut.json").read_text())["sizes"] if (folder / "cut.json").is_file() else "whole file"
+            print(f"{name}: {folder} ({sizes})")
+    except (ValueError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

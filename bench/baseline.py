@@ -224,7 +224,7 @@ def summarise(results, *, probs_dir: Path, y_test: np.ndarray, max_epochs: int, 
     usable = sorted((t for t in trials if "_probs" in t), key=lambda t: -t["best_val_auroc"])
     top = usable[:top_k]
     out = {
-        "trials_started": len(trials),
+        "trials_started": sum(t["epochs"] > 0 or t["error"] is not None for t in trials),  # not those the budget left unstarted
         "trials_full_length": sum(t["epochs"] == max_epochs for t in trials),
         "trials_stopped_early": sum(0 < t["epochs"] < max_epochs and t["error"] is None for t in trials),  # ASHA or the budget
         "trials_errored": sum(t["error"] is not None for t in trials),
