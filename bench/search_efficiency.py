@@ -7,12 +7,14 @@ The same space and trial count searched three ways, one after the other on the s
     random_full    random sampler, every trial runs all its epochs (FIFO)
 
 For each, the best validation metric against cumulative trial-epochs (every epoch any trial ran, in
-the order they were reported), and the share of trial-epochs the default needs to reach
-random_full's final best. Target: at most 40 %.
+the order they were reported), and the share: the trial-epochs a way needs to reach random_full's final
+best, divided by the trial-epochs random_full itself needed to reach it (not by all it ran: trials after
+its best are wasted for random search too). Target: at most 40 %. Each seed (``--seeds``, the sampler's
+and the training's) is one repeat of all three ways; the summary gives the share's mean and range.
 
     python bench/search_efficiency.py            # full: spaces/cxr.yaml's space and 14 trials, at most 4 epochs
-                                                 # each (6 in the shipped file), no time budget
-    python bench/search_efficiency.py --quick    # CI: 10 % of PneumoniaMNIST, 3 trials x 2 epochs
+                                                 # each (6 in the shipped file), no time budget, seeds 0 1 2
+    python bench/search_efficiency.py --quick    # CI: 10 % of PneumoniaMNIST, 3 trials x 2 epochs, seed 0
 
 Prints a table, writes bench/out/search_efficiency.json and a plot next to it (``--out``).
 """
@@ -110,23 +112,27 @@ def run_way(name: str, sets: list[str], *, space: str, data_root: Path | None, o
     return time.perf_counter() - t0
 
 
-def plot(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) -> None:
+def plot(curves: dict[int, dict[str, list[tuple[int, float]]]], metric: str, path: Path) -> None:
+    """Best-so-far against trial-epochs: one colour per way, one line per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
-    styles = {"tpe_asha": ("-", 3.0), "random_asha": ("--", 2.0), "random_full": (":", 2.0)}  # curves can coincide
-    for name, pts in curves.items():
-        if pts:
-            ls, lw = styles.get(name, ("-", 1.5))
-            ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", label=name, linestyle=ls, linewidth=lw)
+    styles = {"tpe_asha": ("-", 3.0, "C0"), "random_asha": ("--", 2.0, "C1"), "random_full": (":", 2.0, "C2")}  # curves can coincide
+    every = [pts for by_way in curves.values() for pts in by_way.values()]
+    for i, by_way in enumerate(curves.values()):
+        for name, pts in by_way.items():
+            if pts:
+                ls, lw, colour = styles.get(name, ("-", 1.5, None))
+                ax.step([p[0] for p in pts], [p[1] for p in pts], where="post", label=name if i == 0 else None,
+                        linestyle=ls, linewidth=lw, color=colour, alpha=1.0 if len(curves) == 1 else 0.7)
     ax.set_xlabel("cumulative trial-epochs")
-    ax.set_ylabel(f"best {metric} so far")
-    finals = [pts[-1][1] for pts in curves.values() if pts]
+    ax.set_ylabel(f"best {metric} so far" + (f" ({len(curves)} seeds)" if len(curves) > 1 else ""))
+    finals = [pts[-1][1] for pts in every if pts]
     if finals:
-        lo = min(p[1] for pts in curves.values() for p in pts[len(pts) // 4:]) if all(curves.values()) else min(finals)
+        lo = min(p[1] for pts in every for p in pts[len(pts) // 4:]) if all(every) else min(finals)
         ax.set_ylim(max(0.0, lo - 0.01), min(1.0, max(finals) + 0.005))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -135,16 +141,63 @@ def plot(curves: dict[str, list[tuple[int, float]]], metric: str, path: Path) ->
     plt.close(fig)
 
 
+def score_seed(curves: dict[str, list[tuple[int, float]]], walls: dict[str, float], mode: str) -> list[dict]:
+    """One seed's row per way: trial-epochs, final best, and the trial-epochs to reach random_full's best.
+
+    ``share_to_reach_random_full_best`` divides by the trial-epochs random_full needed to reach its own best
+    (so random_full's share is 1); ``share_of_random_full_total`` divides by all random_full ran.
+    """
+    ref = curves.get("random_full") or []
+    ref_best = ref[-1][1] if ref else None
+    ref_to_best = epochs_to_reach(ref, ref_best, mode) if ref else None
+    rows = []
+    for name, pts in curves.items():
+        row = {"way": name, "wall_s": round(walls[name], 1), "trial_epochs": pts[-1][0] if pts else 0,
+               "final_best": pts[-1][1] if pts else None}
+        if ref_best is not None:
+            for tol in (0.0, 0.001):
+                n = epochs_to_reach(pts, ref_best, mode, tol)
+                suffix = "" if tol == 0 else f"_within_{tol}"
+                row["epochs_to_reach_random_full_best" + suffix] = n
+                row["share_to_reach_random_full_best" + suffix] = round(n / ref_to_best, 3) if n is not None else None
+                row["share_of_random_full_total" + suffix] = round(n / ref[-1][0], 3) if n is not None else None
+            row["random_full_epochs_to_its_best"] = ref_to_best
+        rows.append(row)
+    return rows
+
+
+def summarise_seeds(per_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per way over the seeds: mean, min and max of each share (a seed that never reached the best counts as missing)."""
+    ways = list(dict.fromkeys(r["way"] for rows in per_seed.values() for r in rows))
+    out = []
+    for way in ways:
+        rows = [r for rows in per_seed.values() for r in rows if r["way"] == way]
+        row = {"way": way, "seeds": len(rows), "trial_epochs_mean": round(sum(r["trial_epochs"] for r in rows) / len(rows), 1),
+               "final_best_mean": round(sum(r["final_best"] or 0 for r in rows) / len(rows), 4),
+               "wall_s_total": round(sum(r["wall_s"] for r in rows), 1)}
+        for key in ("share_to_reach_random_full_best", "share_to_reach_random_full_best_within_0.001",
+                    "share_of_random_full_total"):
+            got = [r[key] for r in rows if r.get(key) is not None]
+            row[key] = {"mean": round(sum(got) / len(got), 3), "min": min(got), "max": max(got), "n": len(got)} if got else None
+        out.append(row)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10 %% of the data, 3 trials x 2 epochs (for CI)")
+    parser.add_argument("--quick", action="store_true", help="10 %% of the data, 3 trials x 2 epochs, seed 0 (for CI)")
     parser.add_argument("--space", default="spaces/cxr.yaml")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra --set for all three ways")
     parser.add_argument("--ways", default=",".join(WAYS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="one repeat of every way per seed (sampler and training seed); default 0 1 2, quick 0")
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true", help="read a way's finished sweep from --keep instead of running it")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "search_efficiency.json"))
     args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        parser.error(f"--seeds: distinct non-negative integers, got {seeds}")
 
     sys.path.insert(0, str(ROOT))
     from search import load_space
@@ -166,50 +219,58 @@ def main(argv=None) -> int:
     space = load_space(ROOT / args.space, overrides=sets)
     metric, mode = space.search.metric, space.search.mode
 
-    curves, walls = {}, {}
-    with _quality.one_ray():  # the three sweeps join one Ray
-        for name in args.ways.split(","):
-            out_dir = work / name
-            if args.reuse and (out_dir / "walls.json").is_file():
-                walls[name] = json.loads((out_dir / "walls.json").read_text())["wall_s"]
-                curves[name] = curve(next(p for p in out_dir.iterdir() if p.is_dir()), metric, mode)
-                print(f"[{name}] reused {out_dir}", flush=True)
-                continue
-            # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
-            common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
-            walls[name] = run_way(name, common + WAYS[name], space=args.space, data_root=data_root, out_dir=out_dir,
-                                  log=work / f"{name}.log")
-            (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
-            run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
-            curves[name] = curve(run_dir, metric, mode)
+    curves: dict[int, dict] = {}
+    per_seed: dict[int, list[dict]] = {}
+    with _quality.one_ray():  # every sweep joins one Ray
+        for seed in seeds:
+            seed_sets = [f"search.sampler.seed={seed}", f"seed={seed}"]
+            curves[seed], walls = {}, {}
+            for name in args.ways.split(","):
+                # Seed 0 keeps the folder a single-seed run had, so --reuse still finds it.
+                out_dir = work / name if seed == 0 else work / f"seed{seed}" / name
+                label = f"{name} seed {seed}"
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+                if args.reuse and (out_dir / "walls.json").is_file():
+                    walls[name] = json.loads((out_dir / "walls.json").read_text())["wall_s"]
+                    curves[seed][name] = curve(next(p for p in out_dir.iterdir() if p.is_dir()), metric, mode)
+                    print(f"[{label}] reused {out_dir}", flush=True)
+                    continue
+                # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
+                common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
+                walls[name] = run_way(label, common + seed_sets + WAYS[name], space=args.space, data_root=data_root,
+                                      out_dir=out_dir, log=out_dir.parent / f"{name}.log")
+                (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
+                run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
+                curves[seed][name] = curve(run_dir, metric, mode)
+            per_seed[seed] = score_seed(curves[seed], walls, mode)
+    summary = summarise_seeds(per_seed)
 
-    ref = curves.get("random_full") or []
-    ref_best = ref[-1][1] if ref else None
-    rows = []
-    for name, pts in curves.items():
-        row = {"way": name, "wall_s": round(walls[name], 1), "trial_epochs": pts[-1][0] if pts else 0,
-               "final_best": pts[-1][1] if pts else None}
-        if ref_best is not None:
-            for tol in (0.0, 0.001):
-                n = epochs_to_reach(pts, ref_best, mode, tol)
-                key = "epochs_to_reach_random_full_best" + ("" if tol == 0 else f"_within_{tol}")
-                row[key] = n
-                row[key.replace("epochs", "share")] = round(n / ref[-1][0], 3) if n is not None else None
-        rows.append(row)
-
-    print(f"\n{metric} ({mode}); reference: random_full's final best {ref_best}")
-    print(f"{'way':<13} {'wall s':>7} {'trial-epochs':>12} {'final best':>10} {'epochs to ref':>13} {'share':>6} "
-          f"{'share (±0.001)':>14}")
-    for r in rows:
-        share = r.get("share_to_reach_random_full_best")
-        share_tol = r.get("share_to_reach_random_full_best_within_0.001")
-        print(f"{r['way']:<13} {r['wall_s']:>7.0f} {r['trial_epochs']:>12} {r['final_best'] or float('nan'):>10.4f} "
-              f"{str(r.get('epochs_to_reach_random_full_best')):>13} {str(share):>6} {str(share_tol):>14}")
-    default = next((r for r in rows if r["way"] == "tpe_asha"), None)
-    if default and ref_best is not None:
-        share = default.get("share_to_reach_random_full_best")
-        verdict = "met" if share is not None and share <= 0.40 else "MISSED"
-        print(f"target: tpe_asha reaches random_full's best within <= 40 % of its trial-epochs: {verdict} ({share})")
+    for seed, rows in per_seed.items():
+        ref = next((r for r in rows if r["way"] == "random_full"), {})
+        print(f"\nseed {seed}: {metric} ({mode}); reference: random_full's final best {ref.get('final_best')}, "
+              f"reached after {ref.get('random_full_epochs_to_its_best')} of its {ref.get('trial_epochs')} trial-epochs")
+        print(f"{'way':<13} {'wall s':>7} {'trial-epochs':>12} {'final best':>10} {'epochs to ref':>13} {'share':>6} "
+              f"{'share (±0.001)':>14} {'of total':>8}")
+        for r in rows:
+            print(f"{r['way']:<13} {r['wall_s']:>7.0f} {r['trial_epochs']:>12} {r['final_best'] or float('nan'):>10.4f} "
+                  f"{str(r.get('epochs_to_reach_random_full_best')):>13} {str(r.get('share_to_reach_random_full_best')):>6} "
+                  f"{str(r.get('share_to_reach_random_full_best_within_0.001')):>14} {str(r.get('share_of_random_full_total')):>8}")
+    print(f"\nover seeds {' '.join(map(str, seeds))}: share = trial-epochs to reach random_full's best / random_full's own")
+    print(f"{'way':<13} {'share mean':>10} {'min':>6} {'max':>6} {'reached':>8} {'of total, mean':>14} {'final best, mean':>16}")
+    for r in summary:
+        sh, tot = r["share_to_reach_random_full_best"], r["share_of_random_full_total"]
+        if sh is None:
+            print(f"{r['way']:<13} {'-':>10} {'-':>6} {'-':>6} {'0/' + str(r['seeds']):>8} {'-':>14} {r['final_best_mean']:>16.4f}")
+            continue
+        print(f"{r['way']:<13} {sh['mean']:>10.3f} {sh['min']:>6.3f} {sh['max']:>6.3f} {str(sh['n']) + '/' + str(r['seeds']):>8} "
+              f"{tot['mean']:>14.3f} {r['final_best_mean']:>16.4f}")
+    default = next((r for r in summary if r["way"] == "tpe_asha"), None)
+    if default and "random_full" in args.ways.split(","):
+        share = default["share_to_reach_random_full_best"]
+        mean = share["mean"] if share and share["n"] == len(seeds) else None
+        verdict = "met" if mean is not None and mean <= 0.40 else "MISSED"
+        print(f"target: tpe_asha reaches random_full's best within <= 40 % of random_full's trial-epochs to it "
+              f"(mean over seeds): {verdict} ({mean})")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +279,9 @@ def main(argv=None) -> int:
     out.write_text(json.dumps({
         "mode": "quick" if args.quick else "full", "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores", "space": args.space, "sets": sets,
-        "metric": metric, "mode_": mode, "rows": rows, "curves": curves, "plot": str(png),
+        "seeds": seeds, "metric": metric, "mode_": mode, "summary": summary,
+        "per_seed": {str(k): v for k, v in per_seed.items()}, "curves": {str(k): v for k, v in curves.items()},
+        "plot": str(png),
     }, indent=2))
     print(f"\nwritten: {out}, {png}")
     return 0
