@@ -68,6 +68,26 @@ def test_greedy_picks_the_only_informative_member():
     assert sum(ens.params_["counts"]) == ens.greedy_rounds == 25
 
 
+def test_the_best_single_candidate_wins_when_the_other_members_are_noise():
+    # One informative member among noisy ones: averaging dilutes it, and on a small validation split the
+    # meta-learners overfit the noise; the best single member scores highest out of fold and is chosen.
+    P, y = single_label(120, 2, [0.3, 2.5, 0.2, 0.0, 0.1], seed=0, noise=1.5)
+    ens = StackingEnsemble(task="binary", combiners=("mean", "best", "logistic", "mlp"), temperature=False).fit(P, y)
+    assert ens.combiner_ == "best" and ens.params_["member"] == 1
+    assert ens.cv_scores_["best"] > ens.cv_scores_["mean"]
+    np.testing.assert_allclose(ens.predict_proba(P), P[1] / P[1].sum(1, keepdims=True))
+    # Round trip through the JSON the bundle stores.
+    again = StackingEnsemble.from_dict(json.loads(json.dumps(ens.to_dict())))
+    np.testing.assert_allclose(again.predict_proba(P), ens.predict_proba(P))
+
+
+def test_the_chosen_combiner_never_scores_below_the_best_member_out_of_fold():
+    for seed in range(4):
+        P, y = single_label(90, 3, [1.0, 0.6, 1.4, 0.2], seed=seed, noise=1.2)
+        ens = StackingEnsemble(task="multi-class", temperature=False).fit(P, y)
+        assert ens.cv_scores_[ens.combiner_] >= ens.cv_scores_["best"] - 1e-12
+
+
 def test_logistic_beats_the_mean_with_an_anticorrelated_member():
     # members 0, 1 informative; member 2 strongly informative but inverted (p -> 1 - p)
     P, y = single_label(600, 2, [1.0, 1.0, 2.5], seed=2, flip=(2,))

@@ -17,6 +17,7 @@ PRESETS = sorted((Path(__file__).resolve().parents[2] / "spaces" / "presets").gl
 TINY = ["backbone=test_resnet", "pretrained=false", "image_size=32", "batch_size=8", "epochs=2", "threads=1"]
 # Each preset's schedule compressed into 2 epochs, so its techniques all run.
 COMPRESS = {
+    "auto": [],  # the default sweep's defaults (EMA, random sampler), epochs fixed by TINY
     "cxr_ast": ["ast_start_epoch=1"],
     "dr_two_stage": ["freeze_epochs=1", "early_stop_patience=null"],
     "tb_full": ["early_stop_patience=null"],

@@ -1,0 +1,115 @@
+"""The budget drives the sweep: `epochs: auto`, a trial count that is optional, --budget and --data."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from search import load_space
+from search._budget import MIN_ROUNDS, parse_duration, size_trials
+from trainables import ConfigError
+
+from .._images import write_class_folders
+
+SPEED = {"train_s": 4e-3, "eval_s": 6e-4, "batch_size": 64}
+
+
+def test_epochs_auto_gives_a_small_set_more_epochs_than_a_large_one():
+    small = size_trials(n_train=500, n_val=70, n_test=600, budget_s=800, concurrency=2, **SPEED)
+    mid = size_trials(n_train=4000, n_val=520, n_test=620, budget_s=800, concurrency=2, **SPEED)
+    large = size_trials(n_train=30000, n_val=3000, n_test=6000, budget_s=800, concurrency=2, **SPEED)
+    assert small.epochs > mid.epochs > large.epochs
+    # A set whose full pass does not fit gets sub-epochs: enough reports for ASHA, and a trial that ends.
+    assert small.epoch_samples is None and mid.epoch_samples is None
+    assert large.epochs == MIN_ROUNDS and 0 < large.epoch_samples < 30000
+    assert large.trial_seconds < 800 * 2 / 2
+    # Every size trains a comparable number of optimizer steps in the same budget, and ASHA's rungs follow.
+    steps = [s.steps_per_trial for s in (small, mid, large)]
+    assert max(steps) < 2.5 * min(steps)
+    assert small.grace_period > large.grace_period >= 1
+    # A longer budget trains longer (the small set is capped at 100 epochs).
+    assert size_trials(n_train=4000, n_val=520, n_test=620, budget_s=3200, concurrency=2, **SPEED).epochs > mid.epochs
+    assert size_trials(n_train=100, n_val=20, n_test=20, budget_s=3600, concurrency=2, **SPEED).epochs == 100
+
+
+@pytest.mark.parametrize("text, seconds", [("900", 900), (900, 900), ("900s", 900), ("15m", 900), ("1h30m", 5400), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "15x", "m", "-5", "0", "1h 30 potatoes"])
+def test_bad_durations_fail_with_one_line(text):
+    with pytest.raises(ConfigError, match=r"--budget: .*(duration|15m)") as info:
+        parse_duration(text)
+    assert "\n" not in str(info.value)
+
+
+def test_a_space_with_only_data_is_the_default_sweep(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\n")
+    space = load_space(p)
+    assert space.auto_epochs and "epochs" not in space.fixed
+    assert space.search.n_trials is None and space.search.time_budget_s == 900
+    assert {"backbone", "lr", "sampler", "ema"} <= set(space.params)
+    assert space.search.scheduler.max_t is None and space.search.scheduler.grace_period is None
+    # A budget in a file as a duration; a trial count adds to the default budget (the preset's).
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\nsearch: {time_budget_s: 20m}\n")
+    assert load_space(p).search.time_budget_s == 1200
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\nsearch: {n_trials: 8}\n")
+    assert (load_space(p).search.n_trials, load_space(p).search.time_budget_s) == (8, 900)
+
+
+def test_sizing_fills_in_what_the_file_left_out(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\n")
+    sizing = size_trials(n_train=30000, n_val=3000, n_test=6000, budget_s=800, concurrency=2, **SPEED)
+    sized = load_space(p).with_sizing(sizing)
+    assert not sized.auto_epochs and sized.fixed["epochs"] == sizing.epochs == sized.search.scheduler.max_t
+    assert sized.fixed["epoch_samples"] == sizing.epoch_samples
+    assert sized.search.scheduler.grace_period == sizing.grace_period
+    assert sized.search.sampler.n_startup_trials == max(2, min(10, sizing.expected_trials // 4))
+    # A rung the file sets stays.
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\nsearch: {scheduler: {type: asha, grace_period: 3, reduction_factor: 3}}\n")
+    assert load_space(p).with_sizing(sizing).search.scheduler.grace_period == 3
+    # `epochs: auto` and a searched `epochs` cannot both hold.
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\nfixed: {epochs: auto}\nspace: {epochs: {type: int, low: 2, high: 9}}\n")
+    with pytest.raises(ConfigError, match=r"fixed\.epochs: is `auto` but `epochs` is also searched"):
+        load_space(p)
+
+
+def test_data_on_the_command_line(tmp_path):
+    from search.run import main
+
+    assert main(["--data", "medmnist:breastmnist", "--budget", "5m", "--dry-run"]) == 0
+    assert main(["--data", "breastmnist", "--dry-run"]) == 2
+    assert main(["spaces/cxr.yaml", "--data", "medmnist:breastmnist", "--dry-run"]) == 2
+
+
+@pytest.mark.ray
+def test_a_space_with_only_data_runs_to_an_ensemble_within_its_budget(tmp_path, capsys):
+    from search.run import main
+
+    images = write_class_folders(tmp_path / "images", n_per_class=40, noise=110, signal=60)
+    space = tmp_path / "only_data.yaml"
+    space.write_text(yaml.safe_dump({"name": "only", "data": {"source": "folder", "root": str(images), "val_fraction": 0.25,
+                                                            "test_fraction": 0.25, "cache_dir": str(tmp_path / "cache")}}))
+    budget = 50
+    rc = main([str(space), "--budget", str(budget), "--out", str(tmp_path / "runs"), "--no-report",
+               "--set", "backbone=test_resnet", "--set", "image_size=32"])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "epochs: auto -> " in out and "trials until the budget is spent" in out
+    run = tmp_path / "runs" / "only"
+    resolved = yaml.safe_load((run / "space.yaml").read_text())
+    epochs = resolved["fixed"]["epochs"]
+    assert isinstance(epochs, int) and resolved["search"]["scheduler"]["max_t"] == epochs
+    board = pd.read_parquet(run / "leaderboard.parquet")
+    assert len(board) >= 3  # trials kept starting while the budget lasted
+    assert set(board["config/epochs"].dropna()) == {epochs}
+    manifest = json.loads((run / "ensemble" / "manifest.json").read_text())
+    assert manifest["members"]
+    used = float(out.split("[medsweep] used ")[1].split("s of the")[0])
+    assert 0.75 * budget <= used <= budget + 15  # Ray's start-up on a busy machine is most of the slack
