@@ -5,8 +5,12 @@ Runs the shipped spaces exactly as a user would (``python -m search.run SPACE``)
 exported ensemble's metrics. Every choice (trials, members, combiner, threshold) is made on validation
 data; the test split only reports.
 
-    python bench/quality.py              # full: both spaces as shipped (about 15 min each on 2 CPU cores)
+    python bench/quality.py              # full: both spaces as shipped, 900 s each, and the baseline beside them
+    python bench/quality.py --datasets pneumoniamnist-500,bloodmnist-1000 --budget 900   # cut variants (small sets)
     python bench/quality.py --quick      # CI: a stratified 10 % of each file, 2 trials of 1 epoch
+
+Beside each medsweep sweep runs bench/baseline.py (a plain hand-wired Ray Tune + Optuna + ASHA sweep) on the
+same data and budget; the table prints both with bootstrap CIs and the checks of issue 13.
 
 Prints a table and writes bench/out/quality.json (``--out`` to change). Targets (full mode):
 PneumoniaMNIST ensemble test AUROC >= 0.975 and accuracy >= 0.90; BloodMNIST accuracy >= 0.966.
@@ -166,35 +170,74 @@ def trials_on_test(board) -> dict:
 def summarise(dataset: str, res: dict) -> dict:
     m = res["metrics"]
     row = {"dataset": dataset, "wall_s": res["wall_s"], "trials": res["status_counts"], "trial_epochs": res["trial_epochs"],
-           "trials_on_test": res.get("trials_on_test", {})}
+           "trials_on_test": res.get("trials_on_test", {}), "budget_used": res.get("budget_used")}
     for who in ("ensemble", "best_single"):
-        for k in ("auroc", "accuracy", "ece", "auroc_ci95", "threshold"):
+        for k in ("auroc", "accuracy", "ece", "auroc_ci95", "accuracy_ci95", "threshold"):
             if f"test.{who}.{k}" in m:
                 row[f"{who}_{k}"] = m[f"test.{who}.{k}"]
         for k in ("accuracy", "balanced_accuracy"):  # binary: deciding at the threshold chosen on validation
             if f"test.{who}.at_threshold.{k}" in m:
                 row[f"{who}_{k}_at_threshold"] = m[f"test.{who}.at_threshold.{k}"]
-    # A binary bundle predicts at its validation-chosen threshold, so that is the accuracy a user gets.
-    got = {k: row.get(f"ensemble_{k}_at_threshold", row.get(f"ensemble_{k}")) for k in ("auroc", "accuracy")}
-    got["auroc"] = row.get("ensemble_auroc")
-    row["targets"] = {k: {"target": v, "got": got[k], "met": got[k] is not None and got[k] >= v}
-                      for k, v in TARGETS[dataset].items()}
+    row["members"] = len([k for k in m if k.startswith("test.members.") and k.endswith(".auroc")])
+    base = dataset.split("-")[0]
+    # The published rows are for the full files; a cut variant is only compared with the baseline.
+    got = {"auroc": row.get("ensemble_auroc"), "accuracy": row.get("ensemble_accuracy")}
+    targets = TARGETS.get(dataset, {}) if dataset == base else {}
+    row["targets"] = {k: {"target": v, "got": got[k], "met": got[k] is not None and got[k] >= v} for k, v in targets.items()}
     return row
+
+
+def compare(row: dict, baseline: dict | None) -> dict:
+    """What issue 13 checks: the ensemble against the baseline's top-3 mean, the MedMNIST ResNet-18 (28) row
+    on full sets, its own best member on AUROC, and the budget used; each as {target, got, met}."""
+    checks = {}
+    got_auc, got_acc = row.get("ensemble_auroc"), row.get("ensemble_accuracy")
+    if baseline and "top3_mean_of_metrics" in baseline:
+        for k, got in (("auroc", got_auc), ("accuracy", got_acc)):
+            t = baseline["top3_mean_of_metrics"][k]
+            checks[f"{k} >= baseline top-3 mean"] = {"target": t, "got": got, "met": got is not None and got >= t}
+    base = row["dataset"].split("-")[0]
+    if row["dataset"] == base and base in PUBLISHED:
+        auc, acc = PUBLISHED[base]["ResNet-18 (28)"]
+        checks["auroc >= ResNet-18 (28)"] = {"target": auc, "got": got_auc, "met": got_auc is not None and got_auc >= auc}
+        checks["accuracy >= ResNet-18 (28)"] = {"target": acc, "got": got_acc, "met": got_acc is not None and got_acc >= acc}
+    best = row.get("best_single_auroc")
+    checks["auroc >= its best member"] = {"target": best, "got": got_auc, "met": None not in (got_auc, best) and got_auc >= best - 1e-12}
+    used = row.get("budget_used")
+    if used is not None:
+        checks["budget used >= 0.90"] = {"target": 0.9, "got": used, "met": used >= 0.9}
+    return checks
+
+
+def _ci(v) -> str:
+    return f"[{v[0]:.3f}, {v[1]:.3f}]" if isinstance(v, (list, tuple)) and len(v) == 2 else ""
 
 
 def table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         ds = r["dataset"]
-        out.append(f"\n{ds}: sweep + ensemble {r['wall_s']:.0f} s, trials {r['trials']}, {r['trial_epochs']} trial-epochs")
-        out.append(f"  {'method':<28} {'test AUROC':>10} {'test acc':>9}   acc at the validation-chosen threshold")
-        for who, label in (("ensemble", "medsweep ensemble"), ("best_single", "medsweep best single trial")):
+        used = f", {r['budget_used']:.0%} of the budget" if r.get("budget_used") is not None else ""
+        out.append(f"\n{ds}: sweep + ensemble {r['wall_s']:.0f} s{used}, trials {r['trials']}, {r['trial_epochs']} trial-epochs, "
+                   f"{r.get('members', '?')} members")
+        out.append(f"  {'method':<34} {'test AUROC':>10} {'95% CI':>16} {'acc (argmax)':>12} {'95% CI':>16}")
+        for who, label in (("ensemble", "medsweep ensemble"), ("best_single", "medsweep best member")):
+            out.append(f"  {label:<34} {r.get(who + '_auroc', float('nan')):>10.4f} {_ci(r.get(who + '_auroc_ci95')):>16} "
+                       f"{r.get(who + '_accuracy', float('nan')):>12.4f} {_ci(r.get(who + '_accuracy_ci95')):>16}")
             at = r.get(f"{who}_accuracy_at_threshold")
-            at_text = f"   {at:.4f} (threshold {r[who + '_threshold']:.3f})" if at is not None else "   -"
-            out.append(f"  {label:<28} {r.get(who + '_auroc', float('nan')):>10.4f} "
-                       f"{r.get(who + '_accuracy', float('nan')):>9.4f}{at_text}")
-        for name, (auc, acc) in PUBLISHED[ds].items():
-            out.append(f"  {name:<28} {auc:>10.3f} {acc:>9.3f}")
+            if at is not None:
+                out.append(f"  {'  at the val-chosen threshold':<34} {'':>10} {'':>16} {at:>12.4f}   (threshold {r[who + '_threshold']:.3f})")
+        b = r.get("baseline")
+        if b and "top3_mean_of_metrics" in b:
+            for key, label in (("top3_mean_of_metrics", "baseline: top-3 mean of metrics"), ("top3_mean_probs", "baseline: mean of top-3 probs")):
+                v = b[key]
+                out.append(f"  {label:<34} {v['auroc']:>10.4f} {_ci(v.get('auroc_ci95')):>16} {v['accuracy']:>12.4f} {_ci(v.get('accuracy_ci95')):>16}")
+            out.append(f"    (baseline: {b.get('wall_s')} s, {b.get('trials_started')} trials started, "
+                       f"{b.get('trials_full_length')} at full length, {b.get('trial_epochs')} trial-epochs)")
+        base = ds.split("-")[0]
+        if ds == base:
+            for name, (auc, acc) in PUBLISHED.get(base, {}).items():
+                out.append(f"  {name:<34} {auc:>10.3f} {'':>16} {acc:>12.3f}")
         tt = r.get("trials_on_test") or {}
         if tt:
             out.append(f"  diagnosis (after the fact): best test AUROC of any of {tt['trials']} trials {tt['best_test_auroc']:.4f}, "
@@ -202,43 +245,71 @@ def table(rows: list[dict]) -> str:
         for k, t in r["targets"].items():
             gap = (t["got"] - t["target"]) if t["got"] is not None else float("nan")
             out.append(f"  target {k} >= {t['target']}: {'met' if t['met'] else 'MISSED'} ({t['got']:.4f}, gap {gap:+.4f})")
+        for k, t in (r.get("checks") or {}).items():
+            if t["target"] is None or t["got"] is None:
+                continue
+            out.append(f"  check {k}: {'met' if t['met'] else 'MISSED'} ({t['got']:.4f} against {t['target']:.4f})")
     return "\n".join(out)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 %% of each file, 2 one-epoch trials (for CI)")
-    parser.add_argument("--datasets", default="pneumoniamnist,bloodmnist")
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra search.run --set (both spaces)")
+    parser.add_argument("--datasets", default="pneumoniamnist,bloodmnist",
+                        help="MedMNIST names or cut variants NAME-N (N stratified training images, seed --seed), comma-separated")
+    parser.add_argument("--budget", type=float, default=900, help="seconds for each sweep, medsweep's and the baseline's (default 900)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the variants' cut and the baseline")
+    parser.add_argument("--no-baseline", action="store_true", help="run medsweep only")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="extra search.run --set (every space)")
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality.json"))
     args = parser.parse_args(argv)
 
+    from _subsets import make_variants, parse_variant  # noqa: E402 - a sibling script
+
     datasets = [d for d in args.datasets.split(",") if d]
     for d in datasets:
-        if d not in SPACES:
-            parser.error(f"--datasets: unknown {d!r}; choose from {', '.join(SPACES)}")
-        if not (shared_dir() / f"{d}.npz").is_file():
-            print(f"bench/quality.py: skipped: {shared_dir() / f'{d}.npz'} not found (set MEDSWEEP_DATA_DIR)")
+        base, _ = parse_variant(d)
+        if base not in SPACES:
+            parser.error(f"--datasets: unknown {d!r}; choose from {', '.join(SPACES)} or NAME-N variants of them")
+        if not (shared_dir() / f"{base}.npz").is_file():
+            print(f"bench/quality.py: skipped: {shared_dir() / f'{base}.npz'} not found (set MEDSWEEP_DATA_DIR)")
             return 0
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="medsweep-quality-"))
     work.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
+    budget_sets = [] if args.quick else [f"search.time_budget_s={args.budget}"]
     with one_ray():
         for d in datasets:
-            root = shared_dir()
+            base, _ = parse_variant(d)
             if args.quick:
-                root = work / "data"
-                subsample(shared_dir() / f"{d}.npz", root / f"{d}.npz", 0.1)
-            res = run_space(d, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=args.sets, log=work / f"{d}.log")
+                root = work / "data" / d
+                subsample(shared_dir() / f"{base}.npz", root / f"{base}.npz", 0.1)
+            else:
+                root = Path(make_variants(work / "data", [d], src_dir=shared_dir(), seed=args.seed)[d])
+            res = run_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + args.sets,
+                            log=work / f"{d}.log")
+            if not args.quick:
+                res["budget_used"] = round(res["wall_s"] / args.budget, 3)
             raw[d] = res
-            rows.append(summarise(d, res))
+            row = summarise(d, res)
+            if not args.no_baseline:
+                from baseline import run_baseline  # noqa: E402 - a sibling script
+
+                b = run_baseline(root / f"{base}.npz", budget_s=None if args.quick else args.budget, seed=args.seed,
+                                 quick=args.quick, name=d, n_boot=200 if args.quick else 1000)
+                row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
+                                                     "trials_started", "trials_full_length", "trial_epochs") if k in b}
+            row["checks"] = compare(row, row.get("baseline"))
+            rows.append(row)
     print(table(rows))
     result = {
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+        "budget_s": None if args.quick else args.budget,
+        "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "rows": rows,
         "runs": {d: {k: v for k, v in r.items() if k != "metrics"} for d, r in raw.items()},
     }

@@ -73,6 +73,10 @@ def summarise(selection: Selection, ensemble: Any, *, n_boot: int = 1000, seed: 
 
     metrics.update(_flat("test.ensemble", evaluate(test_probs, y_test, task=task, class_names=names)))
     metrics["test.ensemble.auroc_ci95"] = [_num(v) for v in bootstrap_ci(test_probs, y_test, task=task, n_boot=n_boot, seed=seed)]
+    if task != "multi-label":  # argmax accuracy, as the medmnist Evaluator scores it, with its interval too
+        metrics["test.ensemble.accuracy_ci95"] = [
+            _num(v) for v in bootstrap_ci(test_probs, y_test, task=task, metric="accuracy", n_boot=n_boot, seed=seed)
+        ]
     member_test = {m.trial_id: evaluate(m.test, y_test, task=task, class_names=names) for m in selection.members}
     metrics.update(_flat("test.best_single", member_test[best_member.trial_id]))
     if task == "binary":

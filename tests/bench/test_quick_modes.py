@@ -56,6 +56,13 @@ def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
         assert diag["trials"] >= 1 and 0.0 <= diag["best_test_accuracy"] <= 1.0
         assert row["best_single_accuracy"] <= diag["best_test_accuracy"] + 1e-9  # the best single is one of them
     assert 0.0 <= rows["pneumoniamnist"]["ensemble_accuracy_at_threshold"] <= 1.0  # binary: the validation-chosen cut
+    for row in rows.values():  # the plain baseline beside medsweep, and issue 13's checks from both
+        base = row["baseline"]["top3_mean_of_metrics"]
+        assert 0.0 <= base["auroc"] <= 1.0 and 0.0 <= base["accuracy"] <= 1.0
+        check = row["checks"]["auroc >= baseline top-3 mean"]
+        assert check["met"] == (row["ensemble_auroc"] >= base["auroc"])
+        assert row["checks"]["auroc >= its best member"]["target"] == row["best_single_auroc"]
+    assert "baseline: top-3 mean of metrics" in stdout
     assert "Google AutoML Vision" in stdout and "target accuracy >= 0.966" in stdout
 
 
