@@ -65,6 +65,16 @@ QUICK_SETS = ["search.n_trials=2", "epochs=1", "search.scheduler.max_t=1", "back
               "search.time_budget_s=null"]
 
 
+def _sibling(name: str):
+    """Another bench script as a module, loaded by path (this folder is not on sys.path: bench/ast.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"medsweep_bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_dir() -> Path:
     return Path(os.environ.get("MEDSWEEP_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 
@@ -265,7 +275,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality.json"))
     args = parser.parse_args(argv)
 
-    from _subsets import make_variants, parse_variant  # noqa: E402 - a sibling script
+    subsets = _sibling("_subsets")
+    make_variants, parse_variant = subsets.make_variants, subsets.parse_variant
 
     datasets = [d for d in args.datasets.split(",") if d]
     for d in datasets:
@@ -295,9 +306,7 @@ def main(argv=None) -> int:
             raw[d] = res
             row = summarise(d, res)
             if not args.no_baseline:
-                from baseline import run_baseline  # noqa: E402 - a sibling script
-
-                b = run_baseline(root / f"{base}.npz", budget_s=None if args.quick else args.budget, seed=args.seed,
+                b = _sibling("baseline").run_baseline(root / f"{base}.npz", budget_s=None if args.quick else args.budget, seed=args.seed,
                                  quick=args.quick, name=d, n_boot=200 if args.quick else 1000)
                 row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
                                                      "trials_started", "trials_full_length", "trial_epochs") if k in b}

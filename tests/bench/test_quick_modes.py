@@ -54,7 +54,7 @@ def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
         assert all(t["met"] == (t["got"] >= t["target"]) for t in row["targets"].values())
         diag = row["trials_on_test"]  # each trial's test figures, read after the fact
         assert diag["trials"] >= 1 and 0.0 <= diag["best_test_accuracy"] <= 1.0
-        assert row["best_single_accuracy"] <= diag["best_test_accuracy"] + 1e-9  # the best single is one of them
+        assert row["best_single_accuracy"] <= diag["best_test_accuracy"] + 1e-4  # one of them (diag rounds to 4 places)
     assert 0.0 <= rows["pneumoniamnist"]["ensemble_accuracy_at_threshold"] <= 1.0  # binary: the validation-chosen cut
     for row in rows.values():  # the plain baseline beside medsweep, and issue 13's checks from both
         base = row["baseline"]["top3_mean_of_metrics"]
