@@ -22,6 +22,9 @@ __all__ = ["COMBINERS", "StackingEnsemble"]
 # Simplicity order: a tie in CV score goes to the earlier one.
 COMBINERS = ("mean", "greedy", "logistic", "mlp")
 THRESHOLDS = ("youden", "argmax")
+# Combiners whose fitted params are {"weights": [one per member]}: a weighted mean of the members
+# (``best``, the single best member, is one-hot).
+WEIGHTED = ("greedy", "best")
 METRICS = ("auroc", "log_loss", "accuracy")
 FORMAT = 1
 
@@ -454,10 +457,11 @@ def _combine(name: str, params: dict[str, Any], P: np.ndarray, task: str) -> np.
     """(N, K) combined probabilities before normalisation and temperature."""
     if name == "mean":
         return P.mean(0)
-    if name == "greedy":
+    if name in WEIGHTED or (name not in ("logistic", "mlp") and isinstance(params, dict) and "weights" in params):
+        # greedy, best (one-hot) and any other combiner fitted as member weights: a weighted mean
         w = np.asarray(params["weights"], dtype=float)
         if w.shape != (P.shape[0],):
-            raise ValueError(f"greedy weights have shape {w.shape}; expected ({P.shape[0]},)")
+            raise ValueError(f"{name} weights have shape {w.shape}; expected ({P.shape[0]},)")
         return np.tensordot(w, P, axes=1) / w.sum()
     if name not in ("logistic", "mlp"):
         raise ValueError(f"unknown combiner {name!r}")
