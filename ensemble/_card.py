@@ -326,7 +326,7 @@ def model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     per = [(c, metrics.get(f"test.ensemble.sensitivity.{c}"), metrics.get(f"test.ensemble.specificity.{c}")) for c in names]
     if any(s is not None for _, s, _ in per):
         L += ["", "Per class on the test split (ensemble):", ""]
-        L += _table(["class", "sensitivity", "specificity", "auroc"], [[f"`{c}`", _f(s), _f(p), _f(metrics.get(f"test.ensemble.auroc.{c}"))] for c, s, p in per])
+        L += _table(["class", "sensitivity", "specificity"], [[f"`{c}`", _f(s), _f(p)] for c, s, p in per])
 
     L += ["", "## Calibration", ""]
     t = comb.get("temperature")

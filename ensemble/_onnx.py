@@ -10,11 +10,13 @@ than the tolerance is not written.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -251,13 +253,28 @@ def _check_exportable(bundle: Any) -> tuple[int, int]:
     return next(iter(inputs))
 
 
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """No exporter chatter: its warnings, and the TorchScript IR it prints (from C++, to fd 1) when a graph fails."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null, warnings.catch_warnings():
+            # The TorchScript exporter announces its deprecation and warns on every traced shape read; neither is actionable.
+            warnings.simplefilter("ignore")
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _export(module: Any, dummy: Any, target: Any, *, opset: int, outputs: Sequence[str]) -> None:
     import torch
 
     axes = {INPUT: {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
-    with warnings.catch_warnings():
-        # The TorchScript exporter announces its deprecation and warns on every traced shape read; neither is actionable.
-        warnings.simplefilter("ignore")
+    with _quiet():
         try:
             torch.onnx.export(
                 module, (dummy,), target, dynamo=False, opset_version=opset, input_names=[INPUT],
@@ -280,8 +297,7 @@ def _unexportable_members(bundle: Any, size: int, channels: int, opset: int) -> 
     dummy = torch.zeros(2, channels, size, size)
     for spec, model in zip(bundle.members, bundle.models):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with _quiet():
                 torch.onnx.export(copy.deepcopy(model).float().cpu().eval(), (dummy,), io.BytesIO(), dynamo=False,
                                   opset_version=opset, input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
         except Exception as exc:  # noqa: BLE001 - any exporter failure names the member
