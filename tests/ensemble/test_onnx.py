@@ -277,3 +277,24 @@ def test_every_bundle_carries_its_card_and_provenance(kind, request):
         assert "labels_csv" in card and "positive labels" in card
     biased = [m for m in manifest["members"] if m["logit_bias"] is not None]
     assert [m["trial_id"] for m in biased] == ["t1"] and "| yes |" in card
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--opset", "99"], "--opset: must be an integer from 13 to"),
+    (["--tolerance", "2"], "--tolerance: must be a number in (0, 1)"),
+    (["--onnx-dir"], "does not exist; create it or write elsewhere"),
+    (["--no-bundle"], "no such bundle folder"),
+])
+def test_bad_export_arguments_fail_with_one_line(multiclass, tmp_path, capfd, args, match):
+    from ensemble.export import main
+
+    bundle, target = str(multiclass), str(tmp_path / "m.onnx")
+    if args == ["--onnx-dir"]:
+        args, target = [], str(tmp_path / "missing" / "m.onnx")
+    elif args == ["--no-bundle"]:
+        args, bundle = [], str(tmp_path / "nothing")
+    capfd.readouterr()
+    assert main([bundle, "--onnx", target, *args]) == 2
+    err = capfd.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+    assert not (tmp_path / "m.onnx").exists()
