@@ -70,20 +70,23 @@ def _version(dist: str) -> str | None:
 
 
 def _git_commit(folder: Path) -> str | None:
+    """The commit of the checkout ``folder`` (a package folder) is in; None when it is not medsweep's own checkout."""
     try:
-        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    commit = out.stdout.strip()
-    return commit if out.returncode == 0 and len(commit) == 40 else None
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or len(lines[1]) != 40:
+        return None
+    # Installed into some other project's repository (a venv inside it), the commit would be that project's.
+    return lines[1] if Path(lines[0]).resolve() == folder.resolve().parent else None
 
 
 def package_versions() -> dict[str, str | None]:
     """Versions of what made (and runs) the bundle; None for a package that is not installed."""
-    import timm
-    import torch
+    import torch  # imported by the package already; timm is not, and its metadata says the same
 
-    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "timm": str(timm.__version__)}
+    versions = {"python": platform.python_version(), "torch": str(torch.__version__), "timm": _version("timm")}
     for dist in ("medsweep", "numpy", "scikit-learn", "safetensors", "onnx", "onnxruntime"):
         versions[dist] = _version(dist)
     return versions
