@@ -1,7 +1,9 @@
 """The ensemble bundle: a folder with everything needed to predict and nothing that runs code when loaded.
 
 ``manifest.json`` describes the members, their preprocessing and the fitted combiner, and holds a
-sha256 for every other file; member weights are ``.safetensors``. Loading reads JSON and
+sha256 for every other file, the provenance (package versions, the space file's and the data files'
+hashes, the seeds) and, per member, its ``logit_bias``; member weights are ``.safetensors``;
+``MODEL_CARD.md`` is the page for people. Loading reads JSON and
 safetensors only, checks every hash first, and refuses paths that leave the folder. The export
 writes into a temporary folder next to the target and renames it into place.
 """

@@ -129,11 +129,14 @@ def _safe_yaml(text: str | None) -> dict[str, Any]:
 
 
 def _file_entry(key: str, path: Path) -> dict[str, Any]:
-    if path.is_file():
-        return {"key": key, "path": str(path), "kind": "file", "bytes": path.stat().st_size, "sha256": file_sha256(path)}
-    if path.is_dir():
-        digest, n, total = listing_sha256(path)
-        return {"key": key, "path": str(path), "kind": "listing", "files": n, "bytes": total, "sha256": digest}
+    try:
+        if path.is_file():
+            return {"key": key, "path": str(path), "kind": "file", "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+        if path.is_dir():
+            digest, n, total = listing_sha256(path)
+            return {"key": key, "path": str(path), "kind": "listing", "files": n, "bytes": total, "sha256": digest}
+    except OSError as exc:  # provenance must not cost the bundle
+        return {"key": key, "path": str(path), "kind": "unreadable", "sha256": None, "error": exc.strerror or str(exc)}
     return {"key": key, "path": str(path), "kind": "missing", "sha256": None}
 
 
@@ -285,7 +288,7 @@ def model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     L.append(f"- source: `{data.get('source') or '?'}` {_compact(settings) if settings else ''}".rstrip())
     for f in data.get("files") or []:
         what = (f"{f.get('files')} files, {f.get('bytes')} bytes, sha256 of the file list and sizes" if f.get("kind") == "listing"
-                else f"{f.get('bytes')} bytes, sha256" if f.get("kind") == "file" else "missing when the bundle was written")
+                else f"{f.get('bytes')} bytes, sha256" if f.get("kind") == "file" else f"{f.get('kind')} when the bundle was written, sha256")
         L.append(f"- `{f.get('key')}`: `{f.get('path')}` ({what} `{f.get('sha256') or '-'}`)")
     report = data.get("split_report") or {}
     splits = report.get("splits") if isinstance(report.get("splits"), Mapping) else None
