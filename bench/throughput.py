@@ -8,6 +8,8 @@
                trials' own times divided by the concurrency. Target: at most 1.15.
     bundle     that sweep's exported ensemble: images/s of ``Bundle.predict_proba`` against the sum of its
                members run alone (the time of running each member by itself, added up).
+    onnx       the same bundle exported as one ONNX graph (python -m ensemble.export): images/s in onnxruntime
+               against ``Bundle.predict_proba`` on the same uint8 test images, side by side (needs ".[export]").
     gpu        only where CUDA is available: resnet50 at 224 px with AMP, the trainable against the raw
                model's forward+backward, and the total images/s of 1, 2 and 4 trials sharing the GPU.
 
@@ -79,7 +81,7 @@ def bare_epoch(model, opt, x_all, y_all, batch_size: int, rng) -> float:
 
 
 
-PARTS = ("trainable", "pipeline", "ray", "bundle", "gpu")
+PARTS = ("trainable", "pipeline", "ray", "bundle", "onnx", "gpu")
 LEVELS = ("none", "simple", "enhanced", "advanced")
 
 
@@ -244,6 +246,53 @@ def part_bundle(args, bundle_dir: Path, tmp: Path, rounds: int) -> dict:
     return res
 
 
+def part_onnx(args, bundle_dir: Path, tmp: Path, rounds: int) -> dict:
+    """The bundle as one ONNX graph in onnxruntime against ``Bundle.predict_proba``, on the same prepared test images."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print('onnx: skipped (onnxruntime is not installed: pip install -e ".[export]")', flush=True)
+        return {"skipped": "onnxruntime is not installed"}
+    from ensemble import export_onnx, load
+
+    path = tmp / "ensemble.onnx"
+    t0 = time.perf_counter()
+    exported = export_onnx(bundle_dir, path, update_manifest=False, echo=None)
+    export_s = time.perf_counter() - t0
+    bundle = load(bundle_dir, device="cpu")
+    with np.load(Path(data_dict(args, tmp)["root"]) / "pneumoniamnist.npz") as z:
+        raw = z["test_images"][: (256 if args.quick else None)]
+    images = bundle.prepare(list(raw))  # uint8 (N, S, S, C): the graph's input, and the bundle's too
+    n, bs = len(images), 64
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run_onnx() -> np.ndarray:
+        return np.concatenate([session.run(["probabilities"], {"images": images[b : b + bs]})[0] for b in range(0, n, bs)])
+
+    run_onnx(), bundle.predict_proba(images[:bs])  # warm-up
+    t_onnx, t_bundle = [], []
+    for _ in range(rounds):  # interleaved, so machine drift hits both
+        t0 = time.perf_counter()
+        got = run_onnx()
+        t_onnx.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        want = bundle.predict_proba(images, batch_size=bs)
+        t_bundle.append(time.perf_counter() - t0)
+    diff = float(np.abs(got.astype(np.float64) - want).max())
+    res = {"members": [m["backbone"] for m in bundle.members], "combiner": bundle.combiner.combiner_, "images": n, "batch_size": bs,
+           "onnx_images_per_s": round(n / statistics.median(t_onnx), 1),
+           "bundle_images_per_s": round(n / statistics.median(t_bundle), 1),
+           "ratio": round(statistics.median(t_bundle) / statistics.median(t_onnx), 3),
+           "max_abs_diff": diff, "export_check_max_abs_diff": exported.max_abs_diff, "export_s": round(export_s, 1),
+           "onnx_mb": round(path.stat().st_size / 1e6, 1), "onnxruntime": ort.__version__}
+    print(f"onnx: {len(bundle.models)} members ({', '.join(res['members'])}), {res['combiner']}: onnxruntime "
+          f"{res['onnx_images_per_s']} img/s vs Bundle.predict_proba {res['bundle_images_per_s']} img/s on the same {n} images: "
+          f"ratio {res['ratio']}; largest difference {diff:.1e}; export {res['export_s']} s, {res['onnx_mb']} MB", flush=True)
+    return res
+
+
 def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: int, rounds: int, tmp: Path) -> dict:
     """AMP training at ``image_size`` on ``device``: trainable vs raw forward+backward, then 1/2/4 trials at once."""
     import torch
@@ -337,7 +386,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--bundle", default=None, help="bundle for the bundle part (default: the ray part's)")
+    parser.add_argument("--bundle", default=None, help="bundle for the bundle and onnx parts (default: the ray part's)")
     parser.add_argument("--gpu-smoke", action="store_true", help="run the gpu part on the CPU at 32 px (tests its code)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "throughput.json"))
     args = parser.parse_args(argv)
@@ -370,6 +419,11 @@ def main(argv=None) -> int:
             if bundle is None:
                 parser.error("--parts bundle needs the ray part or --bundle PATH")
             result["bundle"] = part_bundle(args, bundle, tmp, rounds)
+        if "onnx" in parts:
+            bundle = Path(args.bundle) if args.bundle else (Path(result["ray"]["run_dir"]) / "ensemble" if "ray" in result else None)
+            if bundle is None:
+                parser.error("--parts onnx needs the ray part or --bundle PATH")
+            result["onnx"] = part_onnx(args, bundle, tmp, rounds)
         if "gpu" in parts:
             if torch.cuda.is_available():
                 result["gpu"] = part_gpu(args, device="cuda", image_size=224, backbone="resnet50",

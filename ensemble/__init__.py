@@ -4,9 +4,11 @@ Example:
     >>> from ensemble import build_ensemble, load
     >>> build_ensemble("runs/cxr")                      # writes runs/cxr/ensemble/
     >>> load("runs/cxr/ensemble").predict_proba(["xray.png"])
+    >>> export_onnx("runs/cxr/ensemble", "cxr.onnx")         # one ONNX graph, checked against the bundle
 """
 
 from ._bundle import Bundle, export_bundle, load, verify_bundle
+from ._card import model_card
 from ._metrics import bootstrap_ci, evaluate, expected_calibration_error
 from ._report import Summary, summarise
 from ._select import EnsembleSettings, Member, Selection, select_members
@@ -17,6 +19,7 @@ __all__ = [
     "BuildResult",
     "Bundle",
     "EnsembleSettings",
+    "OnnxExport",
     "Member",
     "Selection",
     "StackingEnsemble",
@@ -26,7 +29,9 @@ __all__ = [
     "evaluate",
     "expected_calibration_error",
     "export_bundle",
+    "export_onnx",
     "load",
+    "model_card",
     "select_members",
     "summarise",
     "verify_bundle",
@@ -40,4 +45,8 @@ def __getattr__(name: str):
         from . import build
 
         return getattr(build, name)
+    if name in ("OnnxExport", "export_onnx"):  # torch.onnx and onnx are imported on first use only
+        from . import _onnx
+
+        return getattr(_onnx, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,9 @@
 """The ensemble bundle: a folder with everything needed to predict and nothing that runs code when loaded.
 
 ``manifest.json`` describes the members, their preprocessing and the fitted combiner, and holds a
-sha256 for every other file; member weights are ``.safetensors``. Loading reads JSON and
+sha256 for every other file, the provenance (package versions, the space file's and the data files'
+hashes, the seeds) and, per member, its ``logit_bias``; member weights are ``.safetensors``;
+``MODEL_CARD.md`` is the page for people. Loading reads JSON and
 safetensors only, checks every hash first, and refuses paths that leave the folder. The export
 writes into a temporary folder next to the target and renames it into place.
 """
@@ -32,6 +34,7 @@ FORMAT = "medsweep-ensemble"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
+MODEL_CARD = "MODEL_CARD.md"
 REPORT = "report"
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
 _CHUNK = 1 << 20
@@ -54,6 +57,21 @@ def _dump(obj: Any) -> str:
 # ---------------------------------------------------------------- export
 
 
+def _logit_bias(model: dict[str, Any], *, origin: str) -> list[float] | None:
+    """A member's ``logit_bias`` (one float per class or label, added to its logits), or None when it has none."""
+    bias = model.get("logit_bias")
+    if bias is None:
+        return None
+    k = int(model["num_classes"])
+    try:
+        values = [float(v) for v in bias]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != k or not all(np.isfinite(values)):
+        raise ConfigError(f"must be a list of {k} finite numbers (one per class), got {bias!r}; rerun the trial", origin=origin, field="logit_bias")
+    return values
+
+
 def _member_input(model: dict[str, Any]) -> dict[str, Any]:
     """How a member's input is made, from its ``model.json``: size, channels, normalisation, preprocessing."""
     params = model.get("params") or {}
@@ -66,12 +84,39 @@ def _member_input(model: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _read_space(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The run's resolved ``space.yaml`` as a dict and as text (None when the run folder has none)."""
+    import yaml
+
+    path = run_dir / "space.yaml"
+    if not path.is_file():
+        return {}, None
+    text = path.read_text()
+    try:
+        space = yaml.safe_load(text) or {}
+    except yaml.YAMLError:
+        space = {}
+    return (space if isinstance(space, dict) else {}), text
+
+
+def write_model_card(folder: Path, manifest: dict[str, Any], metrics: dict[str, Any]) -> Path:
+    """``MODEL_CARD.md`` of a bundle, from its manifest and metrics (written again when an ONNX export adds its figure)."""
+    from ._card import model_card
+
+    path = folder / MODEL_CARD
+    path.write_text(model_card(manifest, metrics))
+    return path
+
+
 def _common(values: list[Any]) -> Any:
     return values[0] if all(v == values[0] for v in values) else None
 
 
 def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight_files: dict[str, str]) -> dict[str, Any]:
     """The manifest without ``files`` (the hashes are added once every file is written)."""
+    from ._card import data_description, provenance, split_report, sweep_description
+
+    space, space_text = _read_space(selection.run_dir)
     members = []
     inputs = []
     for m in selection.members:
@@ -87,6 +132,8 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
                 "config": m.config,
                 "val_metric": {"name": selection.metric, "value": m.val_score},
                 "best_epoch": m.model.get("best_epoch"),
+                # added to the member's logits before softmax/sigmoid (a balanced sampler's prior correction); null: none
+                "logit_bias": _logit_bias(m.model, origin=str(m.folder / "model.json")),
                 "weights": weight_files[m.trial_id],
                 "sha256": None,  # filled in with the files' hashes
             }
@@ -122,7 +169,11 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
             "mode": selection.mode,
             "top_k": len(selection.members),
             "available": selection.n_available,
+            **sweep_description(space),
         },
+        "data": {**data_description(space, origin=str(selection.run_dir / "space.yaml")), "split_report": split_report(selection, summary)},
+        "provenance": provenance(selection, space_text),
+        "model_card": MODEL_CARD,
         "members": members,
         "best_single": summary.best_single,
         "combiner": {
@@ -204,6 +255,7 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
     (tmp / METRICS).write_text(_dump(summary.metrics))
     write_report(tmp / REPORT, selection, summary)
     manifest = build_manifest(selection, ensemble, summary, weight_files)
+    write_model_card(tmp, manifest, summary.metrics)
     files = {}
     for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
         rel = path.relative_to(tmp).as_posix()
@@ -403,6 +455,7 @@ class Bundle:
         if device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("CUDA is not available on this machine; use device cpu (or auto)", field="device")
         self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
+        _warn_timm_version(self.manifest, self.path)
         self.members: list[dict[str, Any]] = []
         self.models: list[Any] = []
         for i, entry in enumerate(self.manifest["members"]):
@@ -417,9 +470,12 @@ class Bundle:
                     "mean": [float(v) for v in entry["mean"]],
                     "std": [float(v) for v in entry["std"]],
                     "preprocessing": {k: bool(v) for k, v in (entry.get("preprocessing") or {}).items() if k in ("clahe", "border_crop")},
+                    "logit_bias": None if entry.get("logit_bias") is None else [float(v) for v in entry["logit_bias"]],
                 }
             except (KeyError, TypeError, ValueError) as exc:
                 raise ConfigError(f"members[{i}] lacks or mistypes {exc}; {_fix(self.path)}", origin=origin) from None
+            if spec["logit_bias"] is not None and (len(spec["logit_bias"]) != spec["num_classes"] or not np.isfinite(spec["logit_bias"]).all()):
+                raise ConfigError(f"members[{i}].logit_bias must hold {spec['num_classes']} finite numbers; {_fix(self.path)}", origin=origin)
             if spec["num_classes"] != len(self.class_names) or len(spec["mean"]) != spec["channels"] or len(spec["std"]) != spec["channels"]:
                 raise ConfigError(f"members[{i}]: num_classes, mean or std do not fit class_names and channels; {_fix(self.path)}", origin=origin)
             model = build_classifier(
@@ -495,16 +551,20 @@ class Bundle:
                     for b0 in range(0, len(decoded), batch_size):
                         x = self._tensor(prepared[b0 : b0 + batch_size], i)
                         with torch.inference_mode():
-                            p = self._probs(self.models[i](x))
+                            p = self._probs(self.models[i](x), i)
                             if tta:
-                                p = (p + self._probs(self.models[i](torch.flip(x, dims=[3])))) / 2.0
+                                p = (p + self._probs(self.models[i](torch.flip(x, dims=[3])), i)) / 2.0
                         out[i, c0 + b0 : c0 + b0 + len(x)] = p.double().cpu().numpy()
         return out
 
-    def _probs(self, logits):
+    def _probs(self, logits, member: int):
+        """Member ``member``'s probabilities from its logits: its ``logit_bias`` added first, when it has one."""
         import torch
 
         logits = logits.float()
+        bias = self.members[member].get("logit_bias")
+        if bias is not None:
+            logits = logits + torch.tensor(bias, dtype=torch.float32, device=logits.device)
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
 
     def predict_proba(self, images: Sequence[Any], *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
@@ -532,6 +592,29 @@ class Bundle:
         if self.multilabel:
             return [";".join(c for c, p in zip(self.class_names, row) if p > 0.5) for row in probs]
         return [self.class_names[j] for j in decide(np.asarray(probs), self.task, self.combiner.threshold_)]
+
+
+_TIMM_WARNED: set[tuple[str, str]] = set()
+
+
+def _warn_timm_version(manifest: dict[str, Any], path: Path) -> None:
+    """Warn once per (bundle timm, installed timm) pair when the major versions differ: members are rebuilt by the installed one."""
+    import warnings
+
+    import timm
+
+    built = ((manifest.get("provenance") or {}).get("packages") or {}).get("timm")
+    if not isinstance(built, str) or not built:
+        return
+    here = str(timm.__version__)
+    if built.split(".")[0] == here.split(".")[0] or (built, here) in _TIMM_WARNED:
+        return
+    _TIMM_WARNED.add((built, here))
+    warnings.warn(
+        f"{path}: the bundle was built with timm {built} and this is timm {here}; its members are rebuilt by this "
+        f"version and may predict differently: install timm=={built} (pip install 'timm=={built}') or rebuild the bundle",
+        stacklevel=3,
+    )
 
 
 def _as_list(images: Any) -> list[Any]:

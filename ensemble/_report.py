@@ -163,7 +163,7 @@ def decision_metrics(probs: np.ndarray, y: np.ndarray, threshold: float) -> dict
 
 def member_weights(combiner: str, params: dict[str, Any], n_members: int) -> list[float] | None:
     """Per-member weights when the combiner has them (greedy selection), else None."""
-    if combiner == "greedy" and isinstance(params, dict) and len(params.get("weights") or []) == n_members:
+    if combiner in ("greedy", "best") and isinstance(params, dict) and len(params.get("weights") or []) == n_members:
         return [float(w) for w in params["weights"]]
     return None
 

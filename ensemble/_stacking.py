@@ -23,6 +23,9 @@ __all__ = ["COMBINERS", "StackingEnsemble"]
 # the training folds) is a candidate so that the chosen combiner never scores below it out of fold.
 COMBINERS = ("mean", "best", "greedy", "logistic", "mlp")
 THRESHOLDS = ("youden", "argmax")
+# Combiners whose fitted params are {"weights": [one per member]}: a weighted mean of the members
+# (``best``, the single best member, is one-hot).
+WEIGHTED = ("greedy", "best")
 METRICS = ("auroc", "log_loss", "accuracy")
 FORMAT = 1
 
@@ -487,7 +490,7 @@ def _combine(name: str, params: dict[str, Any], P: np.ndarray, task: str) -> np.
     """(N, K) combined probabilities before normalisation and temperature."""
     if name == "mean":
         return P.mean(0)
-    if name in ("greedy", "best"):
+    if name in WEIGHTED:  # greedy, and best (one-hot): a weighted mean of the members
         w = np.asarray(params["weights"], dtype=float)
         if w.shape != (P.shape[0],):
             raise ValueError(f"{name} weights have shape {w.shape}; expected ({P.shape[0]},)")

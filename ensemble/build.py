@@ -104,7 +104,7 @@ def build_ensemble(
     say(_indent(format_combiners(summary)))
     say("ensemble: test split")
     say(_indent(format_comparison(summary, task=selection.task)))
-    say(f"ensemble: bundle written to {path} (manifest.json, metrics.json, members/, report/)")
+    say(f"ensemble: bundle written to {path} (manifest.json, metrics.json, MODEL_CARD.md, members/, report/)")
     return BuildResult(path=path, selection=selection, ensemble=ensemble, summary=summary)
 
 

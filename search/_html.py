@@ -89,6 +89,7 @@ def build_html(root: Path, *, n_cam_per_class: int = 2) -> str:
         ("Parameter importances", lambda: _importances(board, space, mode)),
         ("ASHA rungs: which trials stopped where", lambda: _rungs(board, space, metric)),
         ("Ensemble figures", lambda: _ensemble_figures(root)),
+        ("Model card", lambda: _model_card(root)),
         ("Grad-CAM", lambda: _gradcam(root, space, n_cam_per_class)),
         ("The space", lambda: _space_text(root)),
     ]
@@ -408,6 +409,61 @@ def _ensemble_figures(root: Path) -> str:
     if not found:
         return _missing("no ensemble report figures yet")
     return "".join(_img(p.read_bytes(), c) for p, c in found)
+
+
+def _model_card(root: Path) -> str:
+    card = root / "ensemble" / "MODEL_CARD.md"
+    if not card.is_file():
+        return _missing("no model card yet; the ensemble bundle writes MODEL_CARD.md")
+    return (f'<p class="note">{html.escape(str(card))}: what the bundle is, what it was tested on, and what it is not for.</p>'
+            f"<details open><summary>MODEL_CARD.md</summary>{markdown_html(card.read_text())}</details>")
+
+
+def markdown_html(text: str) -> str:
+    """The small Markdown a model card uses (headings, lists, tables, code blocks, `code`, **bold**) as HTML."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"`([^`]+)`", r"<code>\1</code>", s)
+        return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", s)
+
+    out: list[str] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("```"):
+            j = i + 1
+            while j < len(lines) and not lines[j].startswith("```"):
+                j += 1
+            out.append(f"<pre>{html.escape(chr(10).join(lines[i + 1 : j]))}</pre>")
+            i = j + 1
+            continue
+        if line.startswith("#"):
+            level = min(len(line) - len(line.lstrip("#")) + 2, 6)  # the page's own h1/h2 stay above the card's
+            out.append(f"<h{level}>{inline(line.lstrip('#').strip())}</h{level}>")
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                cells = [c.strip() for c in re.split(r"(?<!\\)\|", lines[i].strip())[1:-1]]
+                if not all(re.fullmatch(r"-+", c) for c in cells):
+                    tag = "th" if not rows else "td"
+                    rows.append("<tr>" + "".join(f"<{tag}>{inline(c.replace(chr(92) + '|', '|'))}</{tag}>" for c in cells) + "</tr>")
+                i += 1
+            out.append(f'<div class="scroll"><table>{"".join(rows)}</table></div>')
+            continue
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{inline(lines[i][2:])}</li>")
+                i += 1
+            out.append(f"<ul>{''.join(items)}</ul>")
+            continue
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+        i += 1
+    return "\n".join(out)
 
 
 def _gradcam(root: Path, space: Mapping[str, Any], n_per_class: int) -> str:

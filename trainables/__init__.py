@@ -3,7 +3,7 @@ losses, augmentation, staged fine-tuning, Adaptive Sparse Training and metrics."
 
 from ._ast import ASTController
 from ._augment import AUGMENT_LEVELS, augment_batch, build_augment, mix_batch, preprocess
-from ._cache import DataConfig, Dataset, load_dataset
+from ._cache import DataConfig, Dataset, load_dataset, open_cached
 from ._errors import ConfigError
 from ._heads import HEADS, Classifier, build_classifier, create_head
 from ._losses import LOSSES, create_loss
@@ -48,6 +48,7 @@ __all__ = [
     "load_dataset",
     "measure_speed",
     "mix_batch",
+    "open_cached",
     "predictions_frame",
     "preprocess",
     "prior_logit_bias",

@@ -213,6 +213,24 @@ def load_dataset(
     return _open(final)
 
 
+def open_cached(
+    data: DataConfig, *, image_size: int | None = None, preprocess: Mapping[str, Any] | None = None
+) -> Dataset | None:
+    """The dataset when this node's cache already holds it, else None: never decodes anything.
+
+    For readers that only want a look at the data a sweep saw (a bundle's ONNX check, its model card).
+
+    Example:
+        >>> ds = open_cached(DataConfig.from_dict({"source": "medmnist", "dataset": "pneumoniamnist"}))
+        >>> ds is None or ds.splits["test"].images.dtype == np.uint8
+        True
+    """
+    size = int(image_size or data.default_image_size)
+    root = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
+    final = root / _cache_key(data, size, {k: v for k, v in (preprocess or {}).items() if v})
+    return _open(final) if (final / "meta.json").is_file() else None
+
+
 def _open(path: Path) -> Dataset:
     meta = json.loads((path / "meta.json").read_text())
     ids = json.loads((path / "ids.json").read_text())

@@ -37,9 +37,12 @@ def test_throughput_quick_measures_every_part(tmp_path):
     assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], rel=2e-2)
     bundle = result["bundle"]
     assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
+    onnx = result["onnx"]  # the same bundle as one ONNX graph, side by side with Bundle.predict_proba
+    assert onnx["onnx_images_per_s"] > 0 and onnx["bundle_images_per_s"] > 0 and onnx["images"] == bundle["images"]
+    assert onnx["max_abs_diff"] < 1e-4 and onnx["export_check_max_abs_diff"] < 1e-4
     gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
     assert gpu["raw_images_per_s"] > 0 and gpu["trainable_images_per_s"] > 0 and set(gpu["sharing"]) == {"1", "2"}
-    for part in ("trainable:", "pipeline:", "ray:", "bundle:", "gpu:"):
+    for part in ("trainable:", "pipeline:", "ray:", "bundle:", "onnx:", "gpu:"):
         assert part in stdout
 
 

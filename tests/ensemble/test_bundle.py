@@ -65,7 +65,7 @@ def test_no_file_in_the_bundle_is_a_pickle(sweep):
         assert not head.startswith(b"\x80"), f"{path} starts like a pickle"
         assert not head.startswith(b"PK"), f"{path} is a zip (torch.save) archive"
         assert path.suffix.lower() not in PICKLE_SUFFIXES, path
-        assert path.suffix in (".json", ".safetensors", ".png", ".txt", ".csv"), path
+        assert path.suffix in (".json", ".safetensors", ".png", ".txt", ".csv", ".md"), path
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
                 assert len(list(f.keys())) > 0

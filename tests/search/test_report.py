@@ -202,6 +202,8 @@ def test_report_is_self_contained_and_has_every_section(tracked):
     # Grad-CAM: two test images of each class.
     assert sum(a.startswith(("normal: test image", "pneumonia: test image")) for a in alts) == 4
     assert 'class="missing"' not in page, re.findall(r'class="missing">([^<]*)', page)
+    # The bundle's model card, shown as HTML.
+    assert "<h2>Model card</h2>" in page and "This is not a medical device" in page and "<h4>Test metrics</h4>" in page
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
     assert all(str(t) in page for t in board["trial_id"])
 
