@@ -270,6 +270,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=900, help="seconds for each sweep, medsweep's and the baseline's (default 900)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the variants' cut and the baseline")
     parser.add_argument("--no-baseline", action="store_true", help="run medsweep only")
+    parser.add_argument("--parallel", action="store_true",
+                        help="run the baseline at the same time as medsweep's sweep (each with its own Ray and half the "
+                        "machine), so both see the same load; default one after the other")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra search.run --set (every space)")
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality.json"))
@@ -299,13 +302,24 @@ def main(argv=None) -> int:
                 subsample(shared_dir() / f"{base}.npz", root / f"{base}.npz", 0.1)
             else:
                 root = Path(make_variants(work / "data", [d], src_dir=shared_dir(), seed=args.seed)[d])
+            side = None
+            if args.parallel and not args.no_baseline:
+                env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not this one's slots
+                cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--npz", str(root / f"{base}.npz"), "--seed", str(args.seed),
+                       "--name", d, "--out", str(work / f"baseline_{d}.json")] + (["--quick"] if args.quick else ["--budget", str(args.budget)])
+                side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)
             res = run_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + args.sets,
                             log=work / f"{d}.log")
             if not args.quick:
                 res["budget_used"] = round(res["wall_s"] / args.budget, 3)
             raw[d] = res
             row = summarise(d, res)
-            if not args.no_baseline:
+            if side is not None:
+                side.wait()
+                b = json.loads((work / f"baseline_{d}.json").read_text())
+                row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
+                                                     "trials_started", "trials_full_length", "trial_epochs") if k in b}
+            elif not args.no_baseline:
                 b = _sibling("baseline").run_baseline(root / f"{base}.npz", budget_s=None if args.quick else args.budget, seed=args.seed,
                                  quick=args.quick, name=d, n_boot=200 if args.quick else 1000)
                 row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
