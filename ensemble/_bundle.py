@@ -124,6 +124,8 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
             "available": selection.n_available,
         },
         "members": members,
+        # How the data were split and grouped, and each split's balance (the first member's data: members share one).
+        "data": selection.members[0].model.get("data"),
         "best_single": summary.best_single,
         "combiner": {
             "name": ensemble.combiner_,

@@ -147,6 +147,7 @@ class Selection:
     y_test: np.ndarray
     n_available: int
     notes: list[str] = field(default_factory=list)
+    groups_val: list[str] | None = None  # each validation sample's patient, when the trials' predictions carry it
 
     @property
     def P_val(self) -> np.ndarray:
@@ -295,6 +296,7 @@ def select_members(
             test_ids = _ids(frames["test"], tid, "test")
             y_val = _labels(frames["val"], class_names, task, tid, "val")
             y_test = _labels(frames["test"], class_names, task, tid, "test")
+            groups_val = [str(g) for g in frames["val"]["group"]] if "group" in frames["val"].columns else None
         val = _aligned(frames["val"], val_ids, y_val, class_names, task, tid, str(chosen[0][0]["trial_id"]), "val")
         test = _aligned(frames["test"], test_ids, y_test, class_names, task, tid, str(chosen[0][0]["trial_id"]), "test")
         config = {key[len("config/"):]: _plain(v) for key, v in row.items() if key.startswith("config/") and not _missing(v)}
@@ -325,6 +327,7 @@ def select_members(
         y_test=y_test,
         n_available=available,
         notes=notes,
+        groups_val=groups_val,
     )
 
 

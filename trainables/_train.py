@@ -457,6 +457,7 @@ class _Run:
             "params": asdict(self.p),
             "best_epoch": self.best_epoch,
             "best_score": self.best,
+            "data": self.ds.split_report(),
         }
 
     def _restore(self) -> None:
@@ -539,11 +540,14 @@ class _Run:
 
 
 def predictions_frame(ds: Dataset, split: str, probs: np.ndarray):
-    """The ensemble step's input: ``sample_id``, ``label`` (or ``label_<class>``), ``prob_<class>``."""
+    """The ensemble step's input: ``sample_id``, ``label`` (or ``label_<class>``), ``prob_<class>``;
+    ``group`` (the patient) when the data know it, so the stacking CV folds by patient."""
     import pandas as pd
 
     sp = ds.splits[split]
     cols: dict[str, Any] = {"sample_id": list(sp.ids)}
+    if sp.groups is not None:
+        cols["group"] = [str(g) for g in sp.groups]
     if ds.multilabel:
         for j, name in enumerate(ds.class_names):
             cols[f"label_{name}"] = sp.labels[:, j].astype(np.float32)
