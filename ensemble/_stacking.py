@@ -356,8 +356,10 @@ def _splits(
     from sklearn.model_selection import KFold, StratifiedKFold
 
     n = y.shape[0]
-    if groups is not None:
+    if groups is not None and len(set(map(str, groups))) >= 2:
         return _group_splits(y, multi, n_folds, seed, np.asarray([str(g) for g in groups]))
+    if groups is not None:  # one patient: nothing to keep apart, and no grouped folds exist
+        warnings.warn("the validation samples come from one patient (group): the stacking CV folds samples, not patients")
     if multi:
         k = min(n_folds, n)
         return list(KFold(k, shuffle=True, random_state=seed).split(np.zeros(n))), k
@@ -381,8 +383,6 @@ def _group_splits(y: np.ndarray, multi: bool, n_folds: int, seed: int, groups: n
     if len(groups) != y.shape[0]:
         raise ValueError(f"groups has {len(groups)} entries for {y.shape[0]} samples")
     n_groups = len(np.unique(groups))
-    if n_groups < 2:
-        raise ValueError("the validation samples come from one patient: the CV cannot keep patients apart")
     k = max(2, min(n_folds, n_groups))
     if multi:
         return list(GroupKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(groups)), groups=groups)), k
