@@ -17,7 +17,7 @@ def test_every_shipped_space_loads_and_its_defaults_are_valid(path):
     space = load_space(path)
     params = TrainParams.from_config(space.defaults(), origin=str(path))
     assert params.backbone
-    assert space.data.source.name in ("medmnist", "folder", "csv")
+    assert space.data.source.name in ("medmnist", "folder", "csv", "dicom", "nifti")
 
 
 def write(tmp_path, text: str) -> Path:
