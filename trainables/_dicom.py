@@ -107,6 +107,7 @@ def scan_dicom(root: Path) -> tuple[list[dict[str, Any]], list[list[str]]]:
                 "sop_instance_uid": str(ds.get("SOPInstanceUID", "") or ds.file_meta.get("MediaStorageSOPInstanceUID", "")
                                         if hasattr(ds, "file_meta") else ds.get("SOPInstanceUID", "")),
                 "folder": str(path.parent),
+                "shape": (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)),
                 "position": float(pos[2]) if pos is not None and len(pos) == 3 else float(ds.get("InstanceNumber", 0) or 0),
             }
         )

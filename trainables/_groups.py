@@ -76,12 +76,13 @@ def grouped_split(
         )
     held = val_fraction + test_fraction
     idx = np.arange(len(groups))
+    # The first cut must hold out at least 2 patients: val and test then get one each.
     if multilabel is not None:
-        tr, rest = _multilabel_group_split(idx, inverse, multilabel, held, seed)
-        va, te = _multilabel_group_split(rest, inverse, multilabel, test_fraction / held, seed)
+        tr, rest = _multilabel_group_split(idx, inverse, multilabel, held, seed, min_held=2)
+        va, te = _multilabel_group_split(rest, inverse, multilabel, test_fraction / held, seed, min_held=1)
     else:
-        tr, rest = _group_split(idx, inverse, strat, held, seed)
-        va, te = _group_split(rest, inverse, strat, test_fraction / held, seed)
+        tr, rest = _group_split(idx, inverse, strat, held, seed, min_held=2)
+        va, te = _group_split(rest, inverse, strat, test_fraction / held, seed, min_held=1)
     parts = {"train": np.sort(tr), "val": np.sort(va), "test": np.sort(te)}
     empty = [s for s, ix in parts.items() if len(ix) == 0]
     if empty:
@@ -93,24 +94,28 @@ def grouped_split(
     return parts
 
 
-def _group_split(idx: np.ndarray, inverse: np.ndarray, strat: np.ndarray, fraction: float, seed: int):
+def _group_split(idx: np.ndarray, inverse: np.ndarray, strat: np.ndarray, fraction: float, seed: int, *, min_held: int):
     """Split ``idx`` into (kept, held) with ~``fraction`` of its groups held out, stratified when possible."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold
 
     g = inverse[idx]
     n_groups = len(np.unique(g))
-    k = int(round(1.0 / fraction)) if fraction > 0 else 2
-    k = max(2, min(k, n_groups))
+    k = max(2, min(int(round(1.0 / fraction)) if fraction > 0 else 2, n_groups))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         try:
-            kept, held = next(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, strat[idx], g))
+            # The first fold that holds out enough patients and keeps at least one.
+            for kept, held in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, strat[idx], g):
+                if min_held <= len(np.unique(g[held])) < n_groups:
+                    return idx[kept], idx[held]
         except ValueError:  # e.g. a class with fewer rows than folds: still grouped, no longer stratified
-            kept, held = next(GroupShuffleSplit(1, test_size=fraction, random_state=seed).split(idx, groups=g))
+            pass
+    n_held = min(max(min_held, int(round(fraction * n_groups))), n_groups - 1)
+    kept, held = next(GroupShuffleSplit(1, test_size=n_held, random_state=seed).split(idx, groups=g))
     return idx[kept], idx[held]
 
 
-def _multilabel_group_split(idx: np.ndarray, inverse: np.ndarray, y: np.ndarray, fraction: float, seed: int):
+def _multilabel_group_split(idx: np.ndarray, inverse: np.ndarray, y: np.ndarray, fraction: float, seed: int, *, min_held: int):
     """Iterative stratification over groups: a group's labels are the positives of any of its rows."""
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
 
@@ -118,7 +123,8 @@ def _multilabel_group_split(idx: np.ndarray, inverse: np.ndarray, y: np.ndarray,
     ug, gi = np.unique(g, return_inverse=True)
     yg = np.zeros((len(ug), y.shape[1]), dtype=int)
     np.maximum.at(yg, gi, (y[idx] == 1).astype(int))
-    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    n_held = min(max(min_held, int(round(fraction * len(ug)))), len(ug) - 1)
+    splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=n_held, random_state=seed)
     kept_g, held_g = next(splitter.split(np.zeros(len(ug)), yg))
     held = np.isin(gi, held_g)
     return idx[~held], idx[held]

@@ -331,7 +331,11 @@ def _header_shape(path: Path) -> tuple[int, ...]:
         if len(img.shape) != 3:
             return tuple(int(s) for s in img.shape)
         return tuple(int(s) for s in nib.as_closest_canonical(img).shape)
-    try:
-        return tuple(load_volume(path)[0].shape)
-    except ValueError as exc:
-        raise ConfigError(f"cannot read the DICOM series {path}: {exc}; fix the folder", field="data.volumes") from None
+    from ._dicom import scan_dicom
+
+    # Headers only: decoding every slice here would decode the series twice.
+    records, bad = scan_dicom(path)
+    if bad or not records or len({r["shape"] for r in records}) != 1:
+        why = f"{len(bad)} unreadable file(s)" if bad else ("no DICOM image" if not records else "slices of different sizes")
+        raise ConfigError(f"cannot read the DICOM series {path}: {why}; fix the folder", field="data.volumes")
+    return (*records[0]["shape"], len(records))

@@ -509,3 +509,30 @@ def test_bad_input_is_one_line_naming_file_field_and_fix(tmp_path, case):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_dataset(DataConfig.from_dict(raw), image_size=8, verbose=False)
     assert "\n" not in str(info.value)
+
+
+def test_dicom_series_folders_stack_into_volumes_in_slice_order(tmp_path):
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    from trainables._volumes import load_volume
+
+    series = shared(*CT, "dicom")
+    vol, rotate = load_volume(series)
+    assert vol.shape == (512, 512, 20) and not rotate
+    files = sorted(series.iterdir(), key=lambda f: float(pydicom.dcmread(f, stop_before_pixels=True).ImagePositionPatient[2]))
+    for z in (0, 7, 19):
+        ds = pydicom.dcmread(files[z])
+        np.testing.assert_array_equal(vol[:, :, z], apply_rescale(ds.pixel_array, ds))
+    # Three series (links to the same folder), labelled per volume: each stays in one split.
+    for v in range(3):
+        (tmp_path / f"case{v}").symlink_to(series, target_is_directory=True)
+    pd.DataFrame({"id": [f"case{v}" for v in range(3)], "finding": [0, 1, 0]}).to_csv(tmp_path / "v.csv", index=False)
+    raw = {"source": "nifti", "volumes": [str(tmp_path / f"case{v}") for v in range(3)], "labels_csv": str(tmp_path / "v.csv"),
+           "label_columns": "finding", "n_slices": 3, "window": "lung", "val_fraction": 0.25, "test_fraction": 0.25,
+           "cache_dir": str(tmp_path / "cache")}
+    ds = load_dataset(DataConfig.from_dict(raw), image_size=16, verbose=False)
+    g = groups_by_split(ds)
+    assert sorted(len(v) for v in g.values()) == [1, 1, 1] and set().union(*g.values()) == {"case0", "case1", "case2"}
+    assert sum(len(s) for s in ds.splits.values()) == 9
+    assert [i.split(":")[1] for i in ds.splits["train"].ids[:3]] == ["z0000", "z0010", "z0019"]
