@@ -297,6 +297,7 @@ def select_members(
             y_val = _labels(frames["val"], class_names, task, tid, "val")
             y_test = _labels(frames["test"], class_names, task, tid, "test")
             groups_val = [str(g) for g in frames["val"]["group"]] if "group" in frames["val"].columns else None
+            groups_test = [str(g) for g in frames["test"]["group"]] if "group" in frames["test"].columns else None
         val = _aligned(frames["val"], val_ids, y_val, class_names, task, tid, str(chosen[0][0]["trial_id"]), "val")
         test = _aligned(frames["test"], test_ids, y_test, class_names, task, tid, str(chosen[0][0]["trial_id"]), "test")
         config = {key[len("config/"):]: _plain(v) for key, v in row.items() if key.startswith("config/") and not _missing(v)}
@@ -313,6 +314,16 @@ def select_members(
                 test=test,
             )
         )
+    pool = (first.get("data") or {}).get("pool")
+    if pool and groups_val is not None and groups_test is not None:
+        # Volumes carry the labels: the ensemble fits and reports on one pooled prediction per volume.
+        from trainables import pool_by_group
+
+        for m in members:
+            m.val, y_pooled, ids_val = pool_by_group(m.val, y_val, groups_val, how=pool, task=task)
+            m.test, y_pooled_test, ids_test = pool_by_group(m.test, y_test, groups_test, how=pool, task=task)
+        y_val, y_test, val_ids, test_ids, groups_val = y_pooled, y_pooled_test, ids_val, ids_test, None
+        notes.append(f"slice predictions pooled per volume ({pool}): {len(val_ids)} validation and {len(test_ids)} test volumes")
     return Selection(
         run_dir=run_dir,
         metric=metric,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -151,3 +151,43 @@ def check_overlap(
                     "two splits leak into every score; move them into one split, or set data.allow_group_overlap: true",
                     field=field,
                 )
+
+
+POOLS = ("mean", "max")
+
+
+def pool_by_group(
+    probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], *, how: str, task: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One prediction per group (e.g. per CT volume from its slices): ``mean`` or ``max`` of the probabilities.
+
+    Labels are the group's own (its first row's: per-volume labels are the same on every slice). For
+    single-label tasks pooled rows are renormalised to sum to 1.
+
+    Example:
+        >>> p, y, g = pool_by_group(np.array([[.8, .2], [.4, .6]]), np.array([1, 1]), ["v1", "v1"], how="max", task="binary")
+        >>> g, y.tolist()
+        (['v1'], [1])
+    """
+    if how not in POOLS:
+        raise ValueError(f"unknown pool {how!r}; valid: {', '.join(POOLS)}")
+    groups = np.asarray([str(g) for g in groups])
+    order, first = np.unique(groups, return_index=True)
+    order = order[np.argsort(first)]  # groups in order of first appearance
+    pooled = np.stack([(probs[groups == g].max(0) if how == "max" else probs[groups == g].mean(0)) for g in order])
+    if task != "multi-label":
+        pooled = pooled / np.clip(pooled.sum(1, keepdims=True), 1e-12, None)
+    ys = np.stack([labels[np.flatnonzero(groups == g)[0]] for g in order])
+    return pooled, ys, [str(g) for g in order]
+
+
+def pooled_metrics(ds: Any, split: str, probs: np.ndarray) -> dict[str, float]:
+    """``val_volume_*`` metrics of the predictions pooled per volume, when the data ask for pooling; else ``{}``."""
+    how = (getattr(ds, "grouping", None) or {}).get("pool")
+    sp = ds.splits[split]
+    if not how or sp.groups is None or len(sp) == 0:
+        return {}
+    from ._metrics import compute_metrics
+
+    p, y, _ = pool_by_group(probs, sp.labels, sp.groups, how=how, task=ds.task)
+    return compute_metrics(p, y, task=ds.task, class_names=ds.class_names, prefix=f"{split}_volume_")

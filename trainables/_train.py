@@ -17,6 +17,7 @@ import numpy as np
 
 from ._cache import DataConfig, Dataset, load_dataset
 from ._errors import ConfigError
+from ._groups import pooled_metrics
 from ._metrics import compute_metrics
 from ._params import TrainParams
 
@@ -379,6 +380,7 @@ class _Run:
             val_probs, val_loss = self.predict("val")
             row["val_loss"] = val_loss
             row.update(compute_metrics(val_probs, self.ds.splits["val"].labels, task=self.ds.task, class_names=self.ds.class_names))
+            row.update(pooled_metrics(self.ds, "val", val_probs))  # val_volume_*: one prediction per volume, if asked
             score = row.get(self.p.select_metric, math.nan)
             if not isinstance(score, float) or math.isnan(score):
                 score = -val_loss  # e.g. a validation split with one class: fall back to the loss

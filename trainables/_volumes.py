@@ -112,6 +112,7 @@ class NiftiSource:
     window: Any = "mediastinum"
     min_label_slices: int = 3  # label-map classes shown in fewer slices are dropped
     group_slab: int | None = None  # one volume only: groups of this many consecutive slices instead of whole volumes
+    pool: str | None = None  # mean | max: also score predictions pooled per volume (needs labels_csv)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
@@ -156,6 +157,14 @@ class NiftiSource:
             raise ConfigError(
                 f"windows x (2 * context + 1) slices make {n} channels; use 1 or 3 (e.g. 3 windows, or 1 window with context: 1)",
                 origin=origin, field=f"{prefix}.window",
+            )
+        from ._groups import POOLS
+
+        if self.pool is not None and (self.pool not in POOLS or self.labels_csv is None or self.group_slab):
+            raise ConfigError(
+                f"pool must be one of {', '.join(POOLS)} with per-volume labels (labels_csv, no group_slab), got {self.pool!r}; "
+                "per-slice labels have no volume to pool to",
+                origin=origin, field=f"{prefix}.pool",
             )
         if (self.label_maps is None) == (self.labels_csv is None):
             raise ConfigError(
@@ -249,6 +258,8 @@ class NiftiSource:
                 groups=[groups[i] for i in ix],
             )
         grouping = _grouping("drawn", "slab of consecutive slices" if self.group_slab else "volume")
+        if self.pool:
+            grouping["pool"] = self.pool
         return SourceIndex(task=task, class_names=class_names, splits=splits, grouping=grouping)
 
     def _labels_from_maps(self, vols, shapes, rows, axis):

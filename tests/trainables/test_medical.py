@@ -536,3 +536,51 @@ def test_dicom_series_folders_stack_into_volumes_in_slice_order(tmp_path):
     assert sorted(len(v) for v in g.values()) == [1, 1, 1] and set().union(*g.values()) == {"case0", "case1", "case2"}
     assert sum(len(s) for s in ds.splits.values()) == 9
     assert [i.split(":")[1] for i in ds.splits["train"].ids[:3]] == ["z0000", "z0010", "z0019"]
+
+
+def write_volumes(root: Path, n: int = 8) -> Path:
+    """``n`` small NIfTI volumes; finding 1 has a bright block in its middle slices."""
+    import nibabel as nib
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for v in range(n):
+        data = rng.normal(0, 30, (16, 16, 6))
+        if v % 2:
+            data[4:12, 4:12, 1:5] += 300
+        nib.save(nib.Nifti1Image(data.astype(np.int16), np.eye(4)), root / f"vol{v}.nii.gz")
+        rows.append({"id": f"vol{v}", "finding": v % 2})
+    pd.DataFrame(rows).to_csv(root / "volumes.csv", index=False)
+    return root
+
+
+def test_pool_by_group_mean_and_max():
+    from trainables import pool_by_group
+
+    probs = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6]])
+    p, y, g = pool_by_group(probs, np.array([0, 0, 1, 1]), ["a", "a", "b", "b"], how="mean", task="binary")
+    assert g == ["a", "b"] and y.tolist() == [0, 1]
+    np.testing.assert_allclose(p, [[0.7, 0.3], [0.3, 0.7]])
+    p, _, _ = pool_by_group(probs, np.array([[0, 1]] * 4), ["a", "b", "a", "b"], how="max", task="multi-label")
+    np.testing.assert_allclose(p, [[0.9, 0.8], [0.5, 0.6]])
+
+
+def test_volume_labels_train_with_pooled_volume_metrics(tmp_path):
+    import yaml
+
+    from trainables.fit import main
+
+    root = write_volumes(tmp_path)
+    data = {"source": "nifti", "volumes": str(root), "labels_csv": str(root / "volumes.csv"), "label_columns": "finding",
+            "window": {"center": 100, "width": 600}, "pool": "max", "val_fraction": 0.25, "test_fraction": 0.25,
+            "cache_dir": str(tmp_path / "cache")}
+    space = {"name": "vol", "data": data, "search": {"metric": "val_auroc", "mode": "max"},
+             "fixed": {"backbone": "test_resnet", "epochs": 2, "image_size": 16, "threads": 1, "batch_size": 8, "seed": 0}}
+    (tmp_path / "vol.yaml").write_text(yaml.safe_dump(space))
+    assert main([str(tmp_path / "vol.yaml"), "--out", str(tmp_path / "run")]) == 0
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert "val_volume_auroc" in metrics.columns and "val_volume_accuracy" in metrics.columns
+    preds = pd.read_parquet(tmp_path / "run" / "predictions_val.parquet")
+    assert preds["group"].nunique() == 2 and len(preds) == 12  # 2 validation volumes x 6 slices
+    with pytest.raises(ConfigError, match=r"data\.pool: pool must be one of mean, max with per-volume labels"):
+        DataConfig.from_dict({**_one_volume(tmp_path), "pool": "mean"})
