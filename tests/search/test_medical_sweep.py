@@ -50,6 +50,8 @@ def test_ct_organs_sweep_runs_to_a_bundle(ray_session, tmp_path):
     # The validation predictions carried the slabs, so the stacking CV folded by them.
     assert result.selection.groups_val is not None and len(set(result.selection.groups_val)) >= 2
     assert "patients" in _data_splits(run_dir)
+    metrics = json.loads((result.path / "metrics.json").read_text())
+    assert metrics["data.val.patients"] == data["splits"]["val"]["patients"] and "data.test.prevalence.label_1" in metrics
 
 
 def test_volume_labels_pooled_per_volume_reach_the_ensemble(ray_session, tmp_path):
