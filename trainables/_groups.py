@@ -100,14 +100,18 @@ def _group_split(idx: np.ndarray, inverse: np.ndarray, strat: np.ndarray, fracti
 
     g = inverse[idx]
     n_groups = len(np.unique(g))
-    k = max(2, min(int(round(1.0 / fraction)) if fraction > 0 else 2, n_groups))
+    # k stratified folds, m of them held out: the fewest folds whose m/k meets the fraction best (folds of
+    # several patients each, else stratifying has nothing to balance).
+    cands = [(abs(max(1, round(fraction * kk)) / kk - fraction), kk) for kk in range(2, max(2, min(10, n_groups // 2)) + 1)]
+    k = min(cands)[1]
+    m = min(max(1, int(round(fraction * k))), k - 1)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*least populated class.*")
         try:
-            # The first fold that holds out enough patients and keeps at least one.
-            for kept, held in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, strat[idx], g):
-                if min_held <= len(np.unique(g[held])) < n_groups:
-                    return idx[kept], idx[held]
+            folds = [test for _, test in StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(idx, strat[idx], g)]
+            held = np.sort(np.concatenate(folds[:m]))
+            if min_held <= len(np.unique(g[held])) < n_groups:
+                return np.setdiff1d(idx, idx[held]), idx[held]
         except ValueError:  # e.g. a class with fewer rows than folds: still grouped, no longer stratified
             pass
     n_held = min(max(min_held, int(round(fraction * n_groups))), n_groups - 1)
