@@ -584,3 +584,26 @@ def test_volume_labels_train_with_pooled_volume_metrics(tmp_path):
     assert preds["group"].nunique() == 2 and len(preds) == 12  # 2 validation volumes x 6 slices
     with pytest.raises(ConfigError, match=r"data\.pool: pool must be one of mean, max with per-volume labels"):
         DataConfig.from_dict({**_one_volume(tmp_path), "pool": "mean"})
+
+
+@pytest.mark.parametrize("key", ["path", "patient_id"])
+def test_dicom_labels_keyed_by_file_path_or_patient(tmp_path, key):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    root = tmp_path / "dcm"
+    root.mkdir()
+    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "MR_small_jp2klossless.dcm"]
+    for i, name in enumerate(names):
+        ds = pydicom.dcmread(get_testdata_file(name))
+        ds.PatientID = f"P{i}"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        (root / f"s{i}").mkdir()
+        ds.save_as(root / f"s{i}" / f"img{i}.dcm")
+    keys = [f"s{i}/img{i}.dcm" for i in range(4)] if key == "path" else [f"P{i}" for i in range(4)]
+    pd.DataFrame({"k": keys, "label": ["a", "b", "a", "b"]}).to_csv(tmp_path / "l.csv", index=False)
+    raw = {"source": "dicom", "root": str(root), "labels_csv": str(tmp_path / "l.csv"), "key": key, "key_column": "k",
+           "window": "minmax", "val_fraction": 0.25, "test_fraction": 0.25, "cache_dir": str(tmp_path / "cache")}
+    ds = load_dataset(DataConfig.from_dict(raw), image_size=16, verbose=False)
+    got = {g: int(lab) for sp in ds.splits.values() for g, lab in zip(sp.groups, sp.labels)}
+    assert got == {"P0": 0, "P1": 1, "P2": 0, "P3": 1} and ds.class_names == ["a", "b"]
