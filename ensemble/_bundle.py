@@ -175,6 +175,8 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
         "provenance": provenance(selection, space_text),
         "model_card": MODEL_CARD,
         "members": members,
+        # How the data were split and grouped, and each split's balance (the first member's data: members share one).
+        "data": selection.members[0].model.get("data"),
         "best_single": summary.best_single,
         "combiner": {
             "name": ensemble.combiner_,
@@ -252,7 +254,7 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
             raise ConfigError(f"two members map to the file {rel}; trial ids must differ in more than punctuation")
         shutil.copyfile(m.weights, tmp / rel)
         weight_files[m.trial_id] = rel
-    (tmp / METRICS).write_text(_dump(summary.metrics))
+    (tmp / METRICS).write_text(_dump({**summary.metrics, **_split_metrics(selection.members[0].model.get("data"))}))
     write_report(tmp / REPORT, selection, summary)
     manifest = build_manifest(selection, ensemble, summary, weight_files)
     write_model_card(tmp, manifest, summary.metrics)
@@ -265,6 +267,19 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
         entry["sha256"] = files[entry["weights"]]
     manifest["files"] = files
     (tmp / MANIFEST).write_text(_dump(manifest))
+
+
+def _split_metrics(report: dict[str, Any] | None) -> dict[str, Any]:
+    """The split report as flat numbers: ``data.<split>.images``, ``.patients``, ``.prevalence.<class>``."""
+    out: dict[str, Any] = {}
+    for split, part in ((report or {}).get("splits") or {}).items():
+        out[f"data.{split}.images"] = part["images"]
+        if part.get("patients") is not None:
+            out[f"data.{split}.patients"] = part["patients"]
+        for name, value in (part.get("prevalence") or {}).items():
+            if value is not None:
+                out[f"data.{split}.prevalence.{name}"] = value
+    return out
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

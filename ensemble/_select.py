@@ -159,6 +159,7 @@ class Selection:
     y_test: np.ndarray
     n_available: int
     notes: list[str] = field(default_factory=list)
+    groups_val: list[str] | None = None  # each validation sample's patient, when the trials' predictions carry it
 
     @property
     def P_val(self) -> np.ndarray:
@@ -312,6 +313,8 @@ def select_members(
             test_ids = _ids(frames["test"], tid, "test")
             y_val = _labels(frames["val"], class_names, task, tid, "val")
             y_test = _labels(frames["test"], class_names, task, tid, "test")
+            groups_val = [str(g) for g in frames["val"]["group"]] if "group" in frames["val"].columns else None
+            groups_test = [str(g) for g in frames["test"]["group"]] if "group" in frames["test"].columns else None
         val = _aligned(frames["val"], val_ids, y_val, class_names, task, tid, str(chosen[0][0]["trial_id"]), "val")
         test = _aligned(frames["test"], test_ids, y_test, class_names, task, tid, str(chosen[0][0]["trial_id"]), "test")
         config = {key[len("config/"):]: _plain(v) for key, v in row.items() if key.startswith("config/") and not _missing(v)}
@@ -328,6 +331,16 @@ def select_members(
                 test=test,
             )
         )
+    pool = (first.get("data") or {}).get("pool")
+    if pool and groups_val is not None and groups_test is not None:
+        # Volumes carry the labels: the ensemble fits and reports on one pooled prediction per volume.
+        from trainables import pool_by_group
+
+        for m in members:
+            m.val, y_pooled, ids_val = pool_by_group(m.val, y_val, groups_val, how=pool, task=task)
+            m.test, y_pooled_test, ids_test = pool_by_group(m.test, y_test, groups_test, how=pool, task=task)
+        y_val, y_test, val_ids, test_ids, groups_val = y_pooled, y_pooled_test, ids_val, ids_test, None
+        notes.append(f"slice predictions pooled per volume ({pool}): {len(val_ids)} validation and {len(test_ids)} test volumes")
     if greedy:
         members, picked_note = _forward_select(members, y_val, task=task, k=k, metric=settings.stacking_metric(metric))
         notes.append(picked_note)
@@ -345,6 +358,7 @@ def select_members(
         y_test=y_test,
         n_available=available,
         notes=notes,
+        groups_val=groups_val,
     )
 
 

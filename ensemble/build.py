@@ -86,7 +86,7 @@ def build_ensemble(
         threshold=s.threshold,
     )
     try:
-        ensemble.fit(selection.P_val, selection.y_val)
+        ensemble.fit(selection.P_val, selection.y_val, groups=selection.groups_val)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise

@@ -85,6 +85,7 @@ def build_html(root: Path, *, n_cam_per_class: int = 2) -> str:
     sections: list[tuple[str, Callable[[], str]]] = [
         ("Ensemble on the test split", lambda: _ensemble_metrics(root)),
         ("Leaderboard", lambda: _leaderboard(board, space)),
+        ("Data splits", lambda: _data_splits(root)),
         ("Search progress", lambda: _progress(board, metric, mode)),
         ("Parameter importances", lambda: _importances(board, space, mode)),
         ("ASHA rungs: which trials stopped where", lambda: _rungs(board, space, metric)),
@@ -400,6 +401,27 @@ def _ensemble_metrics(root: Path) -> str:
     if report.is_file():
         extra += f"<details><summary>classification report</summary><pre>{html.escape(report.read_text())}</pre></details>"
     return f'<p class="note">{html.escape(note)}</p>' + "".join(rows) + extra
+
+
+def _data_splits(root: Path) -> str:
+    """Images, patients and class balance per split, from the bundle's manifest or else a trial's model.json."""
+    manifest = root / "ensemble" / "manifest.json"
+    report = json.loads(manifest.read_text()).get("data") if manifest.is_file() else None
+    if not report:
+        found = next(iter(sorted(root.glob("**/model.json"))), None)
+        report = json.loads(found.read_text()).get("data") if found is not None else None
+    if not report or not report.get("splits"):
+        return _missing("no split report yet (written by the trials into model.json)")
+    splits = report["splits"]
+    classes = list(next(iter(splits.values()))["counts"])
+    head = "<tr><th>split</th><th>images</th><th>patients</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in classes) + "</tr>"
+    rows = [
+        f"<tr><td>{html.escape(s)}</td><td>{d['images']}</td><td>{d['patients'] if d.get('patients') is not None else '-'}</td>"
+        + "".join(f"<td>{d['counts'][c]} ({_fmt(d['prevalence'][c])})</td>" for c in classes) + "</tr>"
+        for s, d in splits.items()
+    ]
+    how = f"splits {report.get('split') or 'given'}; patients by {report.get('grouped_by') or 'unknown (no groups: images may share patients)'}"
+    return f'<p class="note">{html.escape(how)}; cells: count (prevalence)</p><div class="scroll"><table>{head}{"".join(rows)}</table></div>'
 
 
 def _ensemble_figures(root: Path) -> str:

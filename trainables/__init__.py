@@ -5,6 +5,7 @@ from ._ast import ASTController
 from ._augment import AUGMENT_LEVELS, augment_batch, build_augment, mix_batch, preprocess
 from ._cache import DataConfig, Dataset, load_dataset, open_cached
 from ._errors import ConfigError
+from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
 from ._losses import LOSSES, create_loss
 from ._metrics import compute_metrics
@@ -13,10 +14,16 @@ from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
 from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
 from ._probe import Speed, measure_speed
+from ._dicom import DicomSource
 from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
+from ._volumes import NiftiSource
 from ._train import TrainingDiverged, predictions_frame, train
 
+# Reported besides search's own list: volume-level metrics of data with ``pool: mean | max``.
+REPORTED_METRICS = ("val_volume_auroc", "val_volume_accuracy", "val_volume_auprc")
+
 __all__ = [
+    "REPORTED_METRICS",
     "AUGMENT_LEVELS",
     "ASTController",
     "CSVSource",
@@ -24,10 +31,12 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "Dataset",
+    "DicomSource",
     "FolderSource",
     "HEADS",
     "LOSSES",
     "MedMNISTSource",
+    "NiftiSource",
     "OPTIMIZERS",
     "PRIOR_CORRECTIONS",
     "SCHEDULERS",
@@ -49,6 +58,7 @@ __all__ = [
     "measure_speed",
     "mix_batch",
     "open_cached",
+    "pool_by_group",
     "predictions_frame",
     "preprocess",
     "prior_logit_bias",

@@ -84,6 +84,7 @@ class Split:
     images: np.ndarray  # (N, H, W, C) uint8, memory-mapped
     labels: np.ndarray  # (N,) int64, or (N, L) float32 with -1 = masked
     ids: list[str]
+    groups: list[str] | None = None  # the patient (or volume) of each image, when the source knows it
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -104,10 +105,20 @@ class Dataset:
     class_weights: list[float]
     bad_images: list[list[str]]
     path: Path
+    grouping: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def split_report(self) -> dict[str, Any]:
+        """Per split: images, patients (when known), counts and prevalence per class; and how the splits were made.
+
+        Example:
+            >>> ds.split_report()["splits"]["test"]["patients"]
+            11
+        """
+        return split_report(self.task, self.class_names, self.splits, self.grouping)
 
     @property
     def multilabel(self) -> bool:
@@ -234,11 +245,13 @@ def open_cached(
 def _open(path: Path) -> Dataset:
     meta = json.loads((path / "meta.json").read_text())
     ids = json.loads((path / "ids.json").read_text())
+    groups = json.loads((path / "groups.json").read_text()) if (path / "groups.json").is_file() else {}
     splits = {
         s: Split(
             images=np.load(path / f"{s}_images.npy", mmap_mode="r"),
             labels=np.load(path / f"{s}_labels.npy"),
             ids=ids[s],
+            groups=groups.get(s),
         )
         for s in SPLITS
     }
@@ -254,6 +267,7 @@ def _open(path: Path) -> Dataset:
         class_weights=meta["class_weights"],
         bad_images=meta["bad_images"],
         path=path,
+        grouping=meta.get("grouping", {}),
     )
 
 
@@ -266,7 +280,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    bad: list[list[str]] = []
+    bad: list[list[str]] = [list(b) for b in index.bad]  # found while indexing (e.g. a DICOM without pixels)
     kept: dict[str, np.ndarray] = {}
     try:
         for split in SPLITS:
@@ -307,6 +321,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
                 )
             print(f"[medsweep] skipped {len(bad)} unreadable image(s): {listing}", file=sys.stderr)
         ids: dict[str, list[str]] = {}
+        groups: dict[str, list[str]] = {}
         counts: dict[str, list[int]] = {}
         for split in SPLITS:
             sp = index.splits[split]
@@ -314,6 +329,8 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             labels = sp.labels[ok]
             np.save(tmp / f"{split}_labels.npy", labels)
             ids[split] = [sid for sid, k in zip(sp.ids, ok) if k]
+            if sp.groups is not None:
+                groups[split] = [str(g) for g, k in zip(sp.groups, ok) if k]
             counts[split] = _class_counts(labels, index)
             if len(labels) == 0:
                 raise ConfigError(f"the {split} split holds no images; add images or change the split fractions", field="data")
@@ -330,18 +347,22 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             "class_counts": counts,
             "class_weights": weights,
             "bad_images": sorted(bad),
+            "grouping": index.grouping,
             "source": data.source.describe(),
             "preprocess": preprocess,
             "build_seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "ids.json").write_text(json.dumps(ids))
+        if groups:
+            (tmp / "groups.json").write_text(json.dumps(groups))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if verbose:
-        print(format_class_counts(index.class_names, counts, task=index.task, path=final))
+        patients = {s: len(set(g)) for s, g in groups.items()} if groups else None
+        print(format_class_counts(index.class_names, counts, task=index.task, path=final, patients=patients))
 
 
 def _class_counts(labels: np.ndarray, index: SourceIndex) -> list[int]:
@@ -382,10 +403,41 @@ def _channel_stats(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], 
     return [float(v) for v in mean], [float(max(v, 1e-3)) for v in std]
 
 
-def format_class_counts(class_names: list[str], counts: dict[str, list[int]], *, task: str, path: Path | None = None) -> str:
-    width = max(len(c) for c in class_names)
+def format_class_counts(
+    class_names: list[str],
+    counts: dict[str, list[int]],
+    *,
+    task: str,
+    path: Path | None = None,
+    patients: dict[str, int] | None = None,
+) -> str:
+    width = max(len(c) for c in [*class_names, "patients"])
     lines = [f"[medsweep] {task} data, {len(class_names)} classes" + (f" (cache {path})" if path else "")]
     lines.append("  " + "class".ljust(width) + "".join(s.rjust(8) for s in SPLITS))
     for i, c in enumerate(class_names):
         lines.append("  " + c.ljust(width) + "".join(str(counts[s][i]).rjust(8) for s in SPLITS))
+    if patients:
+        lines.append("  " + "patients".ljust(width) + "".join(str(patients.get(s, "?")).rjust(8) for s in SPLITS))
     return "\n".join(lines)
+
+
+def split_report(task: str, class_names: list[str], splits: Mapping[str, Split], grouping: Mapping[str, Any]) -> dict[str, Any]:
+    """The split and balance report (see ``Dataset.split_report``), plain JSON."""
+    out: dict[str, Any] = {"task": task, **dict(grouping), "splits": {}}
+    for name, sp in splits.items():
+        labels = np.asarray(sp.labels)
+        n = len(labels)
+        if task == "multi-label":
+            known = (labels >= 0).sum(0) if n else np.zeros(len(class_names))
+            pos = (labels == 1).sum(0) if n else np.zeros(len(class_names))
+            prev = [float(p / k) if k else None for p, k in zip(pos, known)]
+        else:
+            pos = np.bincount(labels.astype(int), minlength=len(class_names)) if n else np.zeros(len(class_names))
+            prev = [float(p / n) if n else None for p in pos]
+        out["splits"][name] = {
+            "images": int(n),
+            "patients": len(set(sp.groups)) if sp.groups is not None else None,
+            "counts": {c: int(v) for c, v in zip(class_names, pos)},
+            "prevalence": {c: (round(v, 4) if v is not None else None) for c, v in zip(class_names, prev)},
+        }
+    return out

@@ -16,6 +16,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 import numpy as np
 
 from ._errors import ConfigError, check_keys, did_you_mean
+from ._groups import check_overlap, compile_pattern, group_of, grouped_split
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -30,6 +31,16 @@ class SplitIndex:
     labels: np.ndarray  # (N,) int64, or (N, L) float32 in {0, 1, -1 (masked)} for multi-label
     read: Callable[[int], np.ndarray]
     paths: list[str] | None = None  # for reporting unreadable files
+    groups: list[str] | None = None  # the patient (or volume) of each image, when known
+
+
+def _windowed(img: np.ndarray, window: Any) -> np.ndarray:
+    """A 16-bit (or float) image through the configured window; 8-bit images and min-max are left to the cache."""
+    if window is None or window.kind == "minmax" or img.dtype == np.uint8:
+        return img
+    from ._windows import to_uint8
+
+    return to_uint8(img, window)
 
 
 @dataclass
@@ -37,6 +48,10 @@ class SourceIndex:
     task: str
     class_names: list[str]
     splits: dict[str, SplitIndex]
+    # Files found but unreadable while indexing (a DICOM without pixel data...): [path, reason], listed
+    # with the images that fail to decode and handled by ``on_bad_image`` the same way.
+    bad: list[list[str]] = dataclasses.field(default_factory=list)
+    grouping: dict[str, Any] = dataclasses.field(default_factory=dict)  # how the splits were made, for the report
 
 
 def _source_from_dict(
@@ -240,6 +255,17 @@ def tree_fingerprint(root: Path) -> str | None:
     return h.hexdigest()
 
 
+def _files_digest(files: Iterable[Path]) -> str:
+    """A digest of the files' paths, sizes and mtimes (part of a cache key, like ``tree_fingerprint``)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -254,8 +280,12 @@ class FolderSource:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    group_pattern: str | None = None  # regex on the file's path under root; its first group names the patient
+    allow_group_overlap: bool = False  # accept a patient in two given (pre-split) splits
+    window: Any = "minmax"  # 16-bit images: minmax, percentile, {percentile: [lo, hi]}, {center, width}
 
     def validate(self, *, origin: str, prefix: str) -> None:
+        _validate_common(self, origin=origin, prefix=prefix)
         for key in ("val_fraction", "test_fraction"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0 < value < 1:
@@ -308,18 +338,38 @@ class FolderSource:
             self._check_classes(root, class_names, empty, where=str(root))
             files = [f for c in class_names for f in files_by_class[c]]
             labels = np.asarray([i for i, c in enumerate(class_names) for _ in files_by_class[c]], dtype=np.int64)
-            per_split = self._stratified_split(root, files, labels, class_names)
+            if self.group_pattern:
+                groups = self._groups(root, files)
+                parts = grouped_split(
+                    labels, groups, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
+                    where=str(root), field="data.group_pattern",
+                )
+                per_split = {s: ([files[i] for i in ix], labels[ix]) for s, ix in parts.items()}
+            else:
+                per_split = self._stratified_split(root, files, labels, class_names)
+        window = _window_of(self)
         splits = {}
         for split, (files, labels) in per_split.items():
             paths = [str(f) for f in files]
             splits[split] = SplitIndex(
                 ids=[str(Path(p).relative_to(root)) for p in paths],
                 labels=labels,
-                read=(lambda i, _p=paths: read_image_file(_p[i])),
+                read=(lambda i, _p=paths: _windowed(read_image_file(_p[i]), window)),
                 paths=paths,
+                groups=self._groups(root, files) if self.group_pattern else None,
+            )
+        if presplit and self.group_pattern:
+            check_overlap(
+                {s: sp.groups for s, sp in splits.items()}, {s: sp.paths for s, sp in splits.items()},
+                allow=self.allow_group_overlap, where=str(root), field="data.group_pattern",
             )
         task = "binary" if len(class_names) == 2 else "multi-class"
-        return SourceIndex(task=task, class_names=class_names, splits=splits)
+        grouping = _grouping("given (train/, val/, test/ folders)" if presplit else "drawn", self.group_pattern and "group_pattern")
+        return SourceIndex(task=task, class_names=class_names, splits=splits, grouping=grouping)
+
+    def _groups(self, root: Path, files: list[Path]) -> list[str]:
+        pattern = compile_pattern(self.group_pattern, origin="config", field="data.group_pattern")
+        return [group_of(str(Path(f).relative_to(root)), pattern, where=str(root), field="data.group_pattern") for f in files]
 
     @staticmethod
     def _check_classes(root: Path, class_names: list[str], empty: list[str], *, where: str) -> None:
@@ -368,6 +418,29 @@ class FolderSource:
         }
 
 
+def _validate_common(src: Any, *, origin: str, prefix: str) -> None:
+    """Group and window options shared by the sources: a bad regex or window fails at load time."""
+    compile_pattern(getattr(src, "group_pattern", None), origin=origin, field=f"{prefix}.group_pattern")
+    if not isinstance(getattr(src, "allow_group_overlap", False), bool):
+        raise ConfigError(
+            f"must be true or false, got {src.allow_group_overlap!r}", origin=origin, field=f"{prefix}.allow_group_overlap"
+        )
+    if hasattr(src, "window"):
+        from ._windows import parse_windows
+
+        parse_windows(src.window, origin=origin, field=f"{prefix}.window", allow_file=src.name == "dicom")
+
+
+def _window_of(src: Any) -> Any:
+    from ._windows import parse_window
+
+    return parse_window(src.window, origin="config", field="data.window")
+
+
+def _grouping(how: str, by: str | None) -> dict[str, Any]:
+    return {"split": how, "grouped_by": by or None}
+
+
 # --------------------------------------------------------------------------- csv
 
 
@@ -392,13 +465,17 @@ class CSVSource:
     seed: int = 0
     uncertain: str = "ignore"
     blank: str = "zeros"
+    group_column: str | None = None  # the patient id column: a patient's images stay in one split
+    group_pattern: str | None = None  # regex on the group column (else the id); its first group names the patient
+    allow_group_overlap: bool = False  # accept a patient in two splits of split_column
+    window: Any = "minmax"  # 16-bit images: minmax, percentile, {percentile: [lo, hi]}, {center, width}
 
     @property
     def columns(self) -> list[str]:
         return [self.label_columns] if isinstance(self.label_columns, str) else list(self.label_columns)
 
     def validate(self, *, origin: str, prefix: str) -> None:
-        FolderSource.validate(self, origin=origin, prefix=prefix)  # same fraction rules
+        FolderSource.validate(self, origin=origin, prefix=prefix)  # same fraction, group and window rules
         for key in ("uncertain", "blank"):
             value = getattr(self, key)
             if value not in ("ones", "zeros", "ignore"):
@@ -457,6 +534,7 @@ class CSVSource:
                 )
         if self.split_column and self.split_column not in df.columns:
             raise ConfigError(f"{csv} has no column {self.split_column!r}; set data.split_column", field="data.split_column")
+        groups = groups_from_frame(df, self, csv)
         blank = df[self.id_column].isna().to_numpy()
         if blank.any():  # pandas 3 keeps a blank as NaN through astype(str): not an id to look up
             rows = (np.flatnonzero(blank)[:5] + 2).tolist()
@@ -485,6 +563,18 @@ class CSVSource:
                     field="data.split_column",
                 )
             parts = {s: np.flatnonzero(split_of == s) for s in SPLITS}
+            if groups is not None:
+                check_overlap(
+                    {s: [groups[i] for i in ix] for s, ix in parts.items()},
+                    {s: [ids[i] for i in ix] for s, ix in parts.items()},
+                    allow=self.allow_group_overlap, where=str(csv), field="data.split_column",
+                )
+        elif groups is not None:
+            parts = grouped_split(
+                strat, groups, val_fraction=self.val_fraction, test_fraction=self.test_fraction, seed=self.seed,
+                multilabel=labels if task == "multi-label" else None, where=str(csv),
+                field=f"data.{'group_column' if self.group_column else 'group_pattern'}",
+            )
         else:
             from sklearn.model_selection import train_test_split
 
@@ -504,13 +594,17 @@ class CSVSource:
                         field="data.labels_csv",
                     ) from None
             parts = {"train": np.sort(tr), "val": np.sort(va), "test": np.sort(te)}
+        window = _window_of(self)
         splits = {}
         for split, ix in parts.items():
             sp = [str(paths[i]) for i in ix]
             splits[split] = SplitIndex(
-                ids=[ids[i] for i in ix], labels=labels[ix], read=(lambda i, _p=sp: read_image_file(_p[i])), paths=sp
+                ids=[ids[i] for i in ix], labels=labels[ix], read=(lambda i, _p=sp: _windowed(read_image_file(_p[i]), window)),
+                paths=sp, groups=[groups[i] for i in ix] if groups is not None else None,
             )
-        return SourceIndex(task=task, class_names=class_names, splits=splits)
+        by = "group_column" if self.group_column else ("group_pattern" if self.group_pattern else None)
+        grouping = _grouping("given (split_column)" if self.split_column else "drawn", by)
+        return SourceIndex(task=task, class_names=class_names, splits=splits, grouping=grouping)
 
     def _single_label(self, df, csv):
         import pandas as pd
@@ -562,7 +656,33 @@ class CSVSource:
         return "multi-label", list(self.columns), labels.astype(np.float32), strat
 
 
-SOURCES: dict[str, type] = {cls.name: cls for cls in (MedMNISTSource, FolderSource, CSVSource)}
+def groups_from_frame(df: Any, src: Any, csv: Path) -> list[str] | None:
+    """Each row's patient: ``group_column`` (optionally through ``group_pattern``), else ``group_pattern`` on the id."""
+    column = src.group_column
+    if column is not None and column not in df.columns:
+        raise ConfigError(
+            f"{csv} has no column {column!r}{did_you_mean(column, [str(c) for c in df.columns])}; "
+            f"columns are {', '.join(map(str, df.columns))}: set data.group_column to the patient id column",
+            field="data.group_column",
+        )
+    if column is None and not src.group_pattern:
+        return None
+    values = df[column if column is not None else src.id_column]
+    field = "data.group_column" if column is not None else "data.group_pattern"
+    if values.isna().any():
+        rows = (np.flatnonzero(values.isna().to_numpy())[:5] + 2).tolist()
+        raise ConfigError(f"{csv}: column {values.name!r} is blank on line(s) {rows}; every row needs its patient", field=field)
+    texts = values.astype(str).tolist()
+    if not src.group_pattern:
+        return texts
+    pattern = compile_pattern(src.group_pattern, origin="config", field="data.group_pattern")
+    return [group_of(t, pattern, where=f"{csv} column {values.name!r}", field="data.group_pattern") for t in texts]
+
+
+from ._dicom import DicomSource  # noqa: E402 - they build on the helpers above
+from ._volumes import NiftiSource  # noqa: E402
+
+SOURCES: dict[str, type] = {cls.name: cls for cls in (MedMNISTSource, FolderSource, CSVSource, DicomSource, NiftiSource)}
 
 
 def create_source(

@@ -17,6 +17,7 @@ import numpy as np
 
 from ._cache import DataConfig, Dataset, load_dataset
 from ._errors import ConfigError
+from ._groups import pooled_metrics
 from ._metrics import compute_metrics
 from ._params import TrainParams
 
@@ -418,6 +419,7 @@ class _Run:
             val_probs, val_loss = self.predict("val")
             row["val_loss"] = val_loss
             row.update(compute_metrics(val_probs, self.ds.splits["val"].labels, task=self.ds.task, class_names=self.ds.class_names))
+            row.update(pooled_metrics(self.ds, "val", val_probs))  # val_volume_*: one prediction per volume, if asked
             score = row.get(self.p.select_metric, math.nan)
             if not isinstance(score, float) or math.isnan(score):
                 score = -val_loss  # e.g. a validation split with one class: fall back to the loss
@@ -499,6 +501,7 @@ class _Run:
             "params": asdict(self.p),
             "best_epoch": self.best_epoch,
             "best_score": self.best,
+            "data": self.ds.split_report(),
         }
 
     def _restore(self) -> None:
@@ -583,11 +586,14 @@ class _Run:
 
 
 def predictions_frame(ds: Dataset, split: str, probs: np.ndarray):
-    """The ensemble step's input: ``sample_id``, ``label`` (or ``label_<class>``), ``prob_<class>``."""
+    """The ensemble step's input: ``sample_id``, ``label`` (or ``label_<class>``), ``prob_<class>``;
+    ``group`` (the patient) when the data know it, so the stacking CV folds by patient."""
     import pandas as pd
 
     sp = ds.splits[split]
     cols: dict[str, Any] = {"sample_id": list(sp.ids)}
+    if sp.groups is not None:
+        cols["group"] = [str(g) for g in sp.groups]
     if ds.multilabel:
         for j, name in enumerate(ds.class_names):
             cols[f"label_{name}"] = sp.labels[:, j].astype(np.float32)

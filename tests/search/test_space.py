@@ -17,7 +17,7 @@ def test_every_shipped_space_loads_and_its_defaults_are_valid(path):
     space = load_space(path)
     params = TrainParams.from_config(space.defaults(), origin=str(path))
     assert params.backbone
-    assert space.data.source.name in ("medmnist", "folder", "csv")
+    assert space.data.source.name in ("medmnist", "folder", "csv", "dicom", "nifti")
 
 
 def write(tmp_path, text: str) -> Path:
@@ -66,7 +66,7 @@ ERRORS = [
     (BASE.replace("fixed: {epochs: 3}", "fixed: {epochs: 3, backbone: resnet18}"), r"fixed\.backbone: 'backbone' is both fixed and searched"),
     (BASE.replace("fixed: {epochs: 3}", "fixed: {epochs: 3, backbone: resnt50}").replace("  backbone: {type: categorical, choices: [resnet18, resnet34]}\n", ""), r"fixed\.backbone: unknown timm backbone 'resnt50'; close names: .*resnet50"),
     (BASE.replace("dataset: pneumoniamnist", "dataset: pneumonia"), r"data\.dataset: unknown MedMNIST dataset 'pneumonia'; did you mean 'pneumoniamnist'"),
-    (BASE.replace("source: medmnist", "source: dicom"), r"data\.source: unknown data source 'dicom'; valid: csv, folder, medmnist"),
+    (BASE.replace("source: medmnist", "source: dicm"), r"data\.source: unknown data source 'dicm'; did you mean 'dicom'\?; valid: csv, dicom, folder, medmnist, nifti"),
     ("fixed: {epochs: 3}\n", r"missing `data:` section"),
 ]
 

@@ -480,11 +480,11 @@ ERROR_CASES = {
     ),
     "unknown source": (
         lambda t: {"source": "folders", "root": str(t)},
-        r"^config: data\.source: unknown data source 'folders'; did you mean 'folder'\?; valid: csv, folder, medmnist$",
+        r"^config: data\.source: unknown data source 'folders'; did you mean 'folder'\?; valid: csv, dicom, folder, medmnist, nifti$",
     ),
     "no source": (
         lambda t: {"root": str(t)},
-        r"^config: data\.source: unknown data source None; valid: csv, folder, medmnist$",
+        r"^config: data\.source: unknown data source None; valid: csv, dicom, folder, medmnist, nifti$",
     ),
     "unknown key": (
         lambda t: {"source": "folder", "root": str(t), "val_fractoin": 0.2},
@@ -492,7 +492,7 @@ ERROR_CASES = {
     ),
     "unknown key close to a common key": (
         lambda t: {"source": "folder", "root": str(t), "on_bad_images": "skip"},
-        r"unknown key 'on_bad_images'; did you mean 'on_bad_image'\?; valid keys: cache_dir, channels, on_bad_image",
+        r"unknown key 'on_bad_images'; did you mean 'on_bad_image'\?; valid keys: allow_group_overlap, cache_dir, channels, group_pattern, on_bad_image",
     ),
     "missing required key": (
         lambda t: {"source": "csv", "img_dir": str(t)},
