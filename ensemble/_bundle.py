@@ -171,12 +171,11 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
             "available": selection.n_available,
             **sweep_description(space),
         },
+        # The data's source and file hashes, and how it was split and grouped with each split's balance.
         "data": {**data_description(space, origin=str(selection.run_dir / "space.yaml")), "split_report": split_report(selection, summary)},
         "provenance": provenance(selection, space_text),
         "model_card": MODEL_CARD,
         "members": members,
-        # How the data were split and grouped, and each split's balance (the first member's data: members share one).
-        "data": selection.members[0].model.get("data"),
         "best_single": summary.best_single,
         "combiner": {
             "name": ensemble.combiner_,

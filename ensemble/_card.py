@@ -179,8 +179,10 @@ def split_report(selection: Any, summary: Any) -> dict[str, Any]:
     labels (val and test).
     """
     for m in selection.members:
-        if isinstance(m.model.get("split_report"), Mapping):
-            return {"from": "data", **dict(m.model["split_report"])}
+        # The trials write the data layer's report (images, patients, counts, prevalence) as model.json's "data".
+        for key in ("data", "split_report"):
+            if isinstance(m.model.get(key), Mapping) and isinstance(m.model[key].get("splits"), Mapping):
+                return {"from": "data", **dict(m.model[key])}
     if isinstance(summary.metrics.get("split_report"), Mapping):
         return {"from": "data", **dict(summary.metrics["split_report"])}
     names = list(selection.class_names)
@@ -294,12 +296,15 @@ def model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     splits = report.get("splits") if isinstance(report.get("splits"), Mapping) else None
     if splits:
         L += ["", f"Images per split and {'positive labels' if task == 'multi-label' else 'class counts'} (from the {report.get('from', 'data')}):", ""]
-        cols = sorted({c for s in splits.values() if isinstance(s, Mapping) for c in (s.get("classes") or {})}, key=lambda c: names.index(c) if c in names else len(names))
+        def counts(s: Mapping) -> Mapping:  # the data layer says "counts", the fallbacks "classes"
+            return s.get("counts") or s.get("classes") or {}
+
+        cols = sorted({c for s in splits.values() if isinstance(s, Mapping) for c in counts(s)}, key=lambda c: names.index(c) if c in names else len(names))
         extra = [k for k in ("patients", "groups") if any(isinstance(s, Mapping) and k in s for s in splits.values())]
         rows = []
         for split, s in splits.items():
             if isinstance(s, Mapping):
-                rows.append([split, _f(s.get("images"))] + [_f(s.get(k)) for k in extra] + [_f((s.get("classes") or {}).get(c)) for c in cols])
+                rows.append([split, _f(s.get("images"))] + [_f(s.get(k)) for k in extra] + [_f(counts(s).get(c)) for c in cols])
         L += _table(["split", "images"] + extra + cols, rows)
     other = {k: v for k, v in report.items() if k not in ("splits", "from")}
     if other:

@@ -406,8 +406,8 @@ def _ensemble_metrics(root: Path) -> str:
 def _data_splits(root: Path) -> str:
     """Images, patients and class balance per split, from the bundle's manifest or else a trial's model.json."""
     manifest = root / "ensemble" / "manifest.json"
-    report = json.loads(manifest.read_text()).get("data") if manifest.is_file() else None
-    if not report:
+    report = (json.loads(manifest.read_text()).get("data") or {}).get("split_report") if manifest.is_file() else None
+    if not report or report.get("from") not in (None, "data"):  # only the data layer's report has patients and prevalence
         found = next(iter(sorted(root.glob("**/model.json"))), None)
         report = json.loads(found.read_text()).get("data") if found is not None else None
     if not report or not report.get("splits"):

@@ -43,9 +43,9 @@ def test_the_card_holds_what_the_bundle_is(sweep):
     assert "| `lr` |" in card and "| `batch_size` |" in card and "n_trials 4" in card
     # Images per split and class: 32 generated images per class, split 50/25/25 by the folder source.
     splits = manifest["data"]["split_report"]["splits"]
-    assert manifest["data"]["split_report"]["from"] == "data cache"
+    assert manifest["data"]["split_report"]["from"] == "data"  # the trials' own report (model.json)
     assert sum(s["images"] for s in splits.values()) == 64
-    assert {c: sum(s["classes"][c] for s in splits.values()) for c in ("normal", "pneumonia")} == {"normal": 32, "pneumonia": 32}
+    assert {c: sum(s["counts"][c] for s in splits.values()) for c in ("normal", "pneumonia")} == {"normal": 32, "pneumonia": 32}
     assert f"| test | {splits['test']['images']} |" in card
 
 
