@@ -95,6 +95,9 @@ def combiner_module(state: dict[str, Any]) -> Any:
             self.name = str(state["combiner"])
             self.params = state["params"]
             self.temperature = float(state["temperature"])
+            bias = [float(b) for b in (state.get("class_bias") or [0.0] * int(state["n_classes"]))]
+            self.has_bias = any(b != 0.0 for b in bias)
+            self.register_buffer("class_bias", torch.tensor(bias, dtype=torch.float64).view(1, -1))
             self.n_members = int(state["n_members"])
             self.n_classes = int(state["n_classes"])
             d = torch.float64
@@ -175,12 +178,12 @@ def combiner_module(state: dict[str, Any]) -> Any:
                 out = torch.clamp(out, 0.0, 1.0)
             else:
                 out = out / out.sum(1, keepdim=True)
-            if self.temperature != 1.0:
+            if self.temperature != 1.0 or self.has_bias:  # softmax(z / T + class_bias), sigmoid per label
                 if self.task == "multi-label":
                     p = torch.clamp(out, _TINY, _BELOW_ONE)
-                    out = torch.sigmoid((torch.log(p) - torch.log(1.0 - p)) / self.temperature)
+                    out = torch.sigmoid((torch.log(p) - torch.log(1.0 - p)) / self.temperature + self.class_bias)
                 else:
-                    out = torch.softmax(torch.log(torch.clamp(out, min=_TINY)) / self.temperature, dim=1)
+                    out = torch.softmax(torch.log(torch.clamp(out, min=_TINY)) / self.temperature + self.class_bias, dim=1)
             return out
 
     return Combiner(state)

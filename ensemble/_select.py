@@ -49,6 +49,7 @@ class EnsembleSettings:
             single best member, so the ensemble never scores below it out of fold).
         n_folds: CV folds.
         temperature: fit a temperature on the out-of-fold predictions.
+        class_bias: fit one logit offset per class with it, so argmax answers for the validation mix.
         max_per_backbone: at most this many members per backbone (diversity); ``None``: no cap.
         mlp_hidden: hidden units of the MLP combiner.
         greedy_rounds: rounds of Caruana selection.
@@ -64,6 +65,7 @@ class EnsembleSettings:
     combiners: tuple[str, ...] = ("mean", "best", "logistic", "mlp", "greedy")
     n_folds: int = 5
     temperature: bool = True
+    class_bias: bool = True
     max_per_backbone: int | None = None
     mlp_hidden: int = 256
     greedy_rounds: int = 25
@@ -87,10 +89,11 @@ class EnsembleSettings:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"must be an integer >= {low}, got {value!r}", origin=origin, field=f"{prefix}.{key}")
             values[key] = int(value)
-        if "temperature" in raw:
-            if not isinstance(raw["temperature"], bool):
-                raise ConfigError(f"must be true or false, got {raw['temperature']!r}", origin=origin, field=f"{prefix}.temperature")
-            values["temperature"] = raw["temperature"]
+        for key in ("temperature", "class_bias"):
+            if key in raw:
+                if not isinstance(raw[key], bool):
+                    raise ConfigError(f"must be true or false, got {raw[key]!r}", origin=origin, field=f"{prefix}.{key}")
+                values[key] = raw[key]
         if "combiners" in raw:
             names = [raw["combiners"]] if isinstance(raw["combiners"], str) else raw["combiners"]
             if not isinstance(names, (list, tuple)) or not names:

@@ -65,6 +65,10 @@ class StackingEnsemble:
         greedy_rounds: rounds of Caruana selection with replacement.
         temperature: fit one temperature on the chosen combiner's out-of-fold predictions; one that runs
             into its search bounds (0.05, 20) is reported in ``temperature_note_`` and a warning.
+        class_bias: fit, with the temperature, one logit offset per class (per label) on the out-of-fold
+            predictions (bias-corrected temperature scaling, Alexandari et al. 2020), so the ensemble's
+            probabilities and argmax answer for the validation split's class mix, whatever mix the members
+            were trained or corrected for.
         metric: ``auroc`` (macro), ``log_loss`` or ``accuracy``; the CV choice and greedy selection use it.
         seed: folds and the MLP's initialisation.
         threshold: binary tasks' operating point. ``youden`` picks the probability cut that maximises
@@ -72,7 +76,8 @@ class StackingEnsemble:
             when the class mix of new data differs from validation's; ``argmax`` keeps 0.5.
 
     Fitted attributes: ``combiner_``, ``settings_`` (its grid point), ``params_`` (its fitted parameters,
-    JSON-ready), ``temperature_`` (1.0 when off), ``temperature_note_`` (what a temperature at its
+    JSON-ready), ``temperature_`` (1.0 when off), ``class_bias_`` (per-class logit offsets, zeros
+    when off), ``temperature_note_`` (what a temperature at its
     bound means, else None), ``cv_scores_`` (combiner -> best mean CV score),
     ``cv_table_`` (one row per combiner and setting), ``n_folds_``, ``n_members_``, ``n_classes_``,
     ``threshold_`` (binary: the positive-class probability from which :meth:`predict` says positive; else None).
@@ -92,6 +97,7 @@ class StackingEnsemble:
         mlp_hidden: int = 256,
         greedy_rounds: int = 25,
         temperature: bool = True,
+        class_bias: bool = True,
         metric: str = "auroc",
         seed: int = 0,
         threshold: str = "youden",
@@ -102,6 +108,7 @@ class StackingEnsemble:
         self.mlp_hidden = mlp_hidden
         self.greedy_rounds = greedy_rounds
         self.temperature = temperature
+        self.class_bias = class_bias
         self.metric = metric
         self.seed = seed
         self.threshold = threshold
@@ -134,8 +141,9 @@ class StackingEnsemble:
                 f"Unknown threshold {self.threshold!r}{did_you_mean(str(self.threshold), THRESHOLDS)}; valid: {', '.join(THRESHOLDS)}",
                 field="threshold",
             )
-        if not isinstance(self.temperature, (bool, np.bool_)):
-            raise ConfigError(f"must be true or false, got {self.temperature!r}", field="temperature")
+        for name in ("temperature", "class_bias"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"must be true or false, got {getattr(self, name)!r}", field=name)
         return [c for c in COMBINERS if c in names]  # simplicity order, duplicates dropped
 
     def _check_P(self, P: np.ndarray, n_members: int | None = None, n_classes: int | None = None) -> np.ndarray:
@@ -224,8 +232,12 @@ class StackingEnsemble:
         self.n_members_, self.n_classes_ = m, k
         # Fitted on out-of-fold predictions, so the temperature corrects what the combiner does on unseen rows.
         self.temperature_, self.temperature_note_ = 1.0, None
-        if self.temperature:
-            self.temperature_ = _fit_temperature(_normalise(oof[pick], self.task), y, self.task)
+        self.class_bias_ = [0.0] * k
+        if self.temperature or self.class_bias:
+            self.temperature_, bias = _fit_calibration(
+                _normalise(oof[pick], self.task), y, self.task, temperature=bool(self.temperature), bias=bool(self.class_bias)
+            )
+            self.class_bias_ = [float(b) for b in bias]
             if min(abs(math.log(self.temperature_) - b) for b in _LOG_T_BOUNDS) < _BOUND_TOL:
                 # The likelihood wants more rescaling than the range allows: the bound is still its best value
                 # in range, but it says the members' probabilities are far off (another class mix, or broken).
@@ -237,7 +249,7 @@ class StackingEnsemble:
                 warnings.warn(f"ensemble: {self.temperature_note_}")
         self.threshold_ = None
         if self.task == "binary":
-            oof_probs = _apply_temperature(_normalise(oof[pick], self.task), self.temperature_, self.task)
+            oof_probs = _apply_temperature(_normalise(oof[pick], self.task), self.temperature_, self.task, self.class_bias_)
             self.threshold_ = youden_threshold(oof_probs[:, 1], y) if self.threshold == "youden" else 0.5
         return self
 
@@ -251,7 +263,7 @@ class StackingEnsemble:
             raise NotFittedError("this StackingEnsemble is not fitted; call fit(P, y) or build it with from_dict(d)")
         P = self._check_P(P, self.n_members_, self.n_classes_)
         probs = _normalise(_combine(self.combiner_, self.params_, P, self.task), self.task)
-        return _apply_temperature(probs, self.temperature_, self.task)
+        return _apply_temperature(probs, self.temperature_, self.task, getattr(self, "class_bias_", None))
 
     def predict(self, P: np.ndarray) -> np.ndarray:
         """Class indices ``(N,)`` (binary: at ``threshold_``), or ``(N, K)`` 0/1 labels above 0.5 for multi-label."""
@@ -274,6 +286,7 @@ class StackingEnsemble:
                 "settings": self.settings_,
                 "params": self.params_,
                 "temperature": float(self.temperature_),
+                "class_bias": [float(b) for b in getattr(self, "class_bias_", [0.0] * int(self.n_classes_))],
                 "temperature_note": getattr(self, "temperature_note_", None),
                 "threshold": None if self.threshold_ is None else float(self.threshold_),
                 "metric": self.metric,
@@ -286,6 +299,7 @@ class StackingEnsemble:
                     "mlp_hidden": int(self.mlp_hidden),
                     "greedy_rounds": int(self.greedy_rounds),
                     "temperature": bool(self.temperature),
+                    "class_bias": bool(self.class_bias),
                     "metric": self.metric,
                     "seed": int(self.seed),
                     "threshold": self.threshold,
@@ -307,12 +321,17 @@ class StackingEnsemble:
         if d["combiner"] not in COMBINERS:
             raise ConfigError(f"Unknown combiner {d['combiner']!r}; valid: {', '.join(COMBINERS)}", field="combiner")
         options = dict(d.get("options") or {})
-        ens = cls(task=task, **{key: options[key] for key in ("combiners", "n_folds", "mlp_hidden", "greedy_rounds", "temperature", "metric", "seed", "threshold") if key in options})
+        ens = cls(task=task, **{key: options[key] for key in ("combiners", "n_folds", "mlp_hidden", "greedy_rounds", "temperature", "class_bias", "metric", "seed", "threshold") if key in options})
         ens.combiner_ = d["combiner"]
         ens.settings_ = dict(d.get("settings") or {})
         ens.params_ = d["params"]
         ens.n_members_, ens.n_classes_ = int(d["n_members"]), int(d["n_classes"])
         ens.temperature_ = float(d["temperature"])
+        # Bundles written before class offsets existed have none.
+        bias = d.get("class_bias") or [0.0] * int(d["n_classes"])
+        if len(bias) != int(d["n_classes"]) or not all(isinstance(b, (int, float)) and math.isfinite(b) for b in bias):
+            raise ValueError(f"class_bias must hold {d['n_classes']} finite numbers; got {bias!r}")
+        ens.class_bias_ = [float(b) for b in bias]
         ens.temperature_note_ = d.get("temperature_note")
         if not (math.isfinite(ens.temperature_) and ens.temperature_ > 0):
             raise ValueError(f"temperature must be a positive number; got {d['temperature']!r}")
@@ -616,11 +635,60 @@ def _temperature_logits(probs: np.ndarray, task: str) -> np.ndarray:
     return np.log(np.maximum(probs, _TINY))
 
 
-def _apply_temperature(probs: np.ndarray, t: float, task: str) -> np.ndarray:
-    if t == 1.0:
+def _apply_temperature(probs: np.ndarray, t: float, task: str, bias: Any = None) -> np.ndarray:
+    """``softmax(z / t + bias)`` (sigmoid per label), z the logits of ``probs``; ``probs`` itself when that is the identity."""
+    b = np.zeros(probs.shape[1]) if bias is None else np.asarray(bias, dtype=float)
+    if t == 1.0 and not b.any():
         return probs
-    z = _temperature_logits(probs, task) / t
+    z = _temperature_logits(probs, task) / t + b
     return _sigmoid(z) if task == "multi-label" else _softmax(z)
+
+
+def _fit_calibration(probs: np.ndarray, y: np.ndarray, task: str, *, temperature: bool, bias: bool) -> tuple[float, np.ndarray]:
+    """The temperature (Guo et al. 2017) and, with ``bias``, one logit offset per class or label that minimise
+    the NLL of ``softmax(z / T + b)`` on out-of-fold probabilities (bias-corrected temperature scaling)."""
+    k = probs.shape[1]
+    t = _fit_temperature(probs, y, task) if temperature else 1.0
+    if not bias:
+        return t, np.zeros(k)
+    from scipy.optimize import minimize
+
+    z = _temperature_logits(probs, task)
+    multi = task == "multi-label"
+    if multi:
+        known = y >= 0
+        target = np.where(known, y, 0).astype(float)
+    else:
+        rows = np.arange(y.size)
+        counts = np.bincount(y, minlength=k)
+
+    def unpack(x: np.ndarray) -> tuple[float, np.ndarray]:
+        log_t = x[0] if temperature else 0.0
+        b = x[1:] if temperature else x
+        if not multi:  # softmax ignores a shared shift: class 0's offset stays 0
+            b = np.concatenate([[0.0], b])
+        return log_t, b
+
+    def nll(x: np.ndarray) -> float:
+        log_t, b = unpack(x)
+        s = z / math.exp(log_t) + b
+        if multi:
+            return float(((np.logaddexp(0.0, s) - target * s) * known).sum() / max(known.sum(), 1))
+        mx = s.max(1)
+        lse = mx + np.log(np.exp(s - mx[:, None]).sum(1))
+        return float(np.mean(lse - s[rows, y]))
+
+    n_bias = k if multi else k - 1
+    x0 = np.concatenate([[math.log(t)] if temperature else [], np.zeros(n_bias)])
+    bounds = ([_LOG_T_BOUNDS] if temperature else []) + [(-10.0, 10.0)] * n_bias
+    res = minimize(nll, x0, method="L-BFGS-B", bounds=bounds)
+    if not (res.success or res.status == 2) or not math.isfinite(res.fun) or res.fun > nll(x0) + 1e-12:
+        return t, np.zeros(k)
+    if not multi and (counts == 0).any():
+        # A class absent from validation has no evidence for its offset: keep the temperature only.
+        return t, np.zeros(k)
+    log_t, b = unpack(res.x)
+    return float(math.exp(log_t)), b
 
 
 def _fit_temperature(probs: np.ndarray, y: np.ndarray, task: str) -> float:

@@ -81,6 +81,7 @@ def build_ensemble(
         mlp_hidden=s.mlp_hidden,
         greedy_rounds=s.greedy_rounds,
         temperature=s.temperature,
+        class_bias=s.class_bias,
         metric=s.stacking_metric(selection.metric),
         seed=s.seed,
         threshold=s.threshold,

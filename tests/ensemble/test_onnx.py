@@ -242,13 +242,16 @@ def test_the_combiner_graph_is_the_numpy_path(task, combiner, tmp_path):
     state = ens.to_dict()
     if combiner == "best":  # the single best member: greedy's params, one-hot
         state["combiner"], state["params"] = "best", {"weights": [0.0, 1.0, 0.0]}
-        want = _apply_temperature(_normalise(_combine("best", state["params"], P, task), task), state["temperature"], task)
+        want = _apply_temperature(_normalise(_combine("best", state["params"], P, task), task), state["temperature"], task,
+                                  state["class_bias"])
         assert np.allclose(_combine("best", state["params"], P, task), P[1])
     else:
         want = ens.predict_proba(P)
-    if ens.temperature_ == 1.0:  # make sure the temperature is part of what is checked
+    if ens.temperature_ == 1.0 or not any(state["class_bias"]):  # make sure the temperature and the offsets are checked
         state["temperature"] = 1.7
-        want = _apply_temperature(_normalise(_combine(state["combiner"], state["params"], P, task), task), 1.7, task)
+        state["class_bias"] = [0.0] + [0.3 * (j + 1) for j in range(len(state["class_bias"]) - 1)]
+        want = _apply_temperature(_normalise(_combine(state["combiner"], state["params"], P, task), task), 1.7, task,
+                                  state["class_bias"])
     module = combiner_module(state).eval()
     path = tmp_path / "c.onnx"
     import warnings

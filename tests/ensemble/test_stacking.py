@@ -58,7 +58,7 @@ def auroc(probs, y):
 def test_greedy_picks_the_only_informative_member():
     P, y = single_label(480, 2, [0.0, 0.0, 2.5, 0.0, 0.0], seed=1)
     Pv, yv, Pt, yt = P[:, :240], y[:240], P[:, 240:], y[240:]
-    ens = StackingEnsemble(task="binary", combiners=("greedy",), temperature=False).fit(Pv, yv)
+    ens = StackingEnsemble(task="binary", combiners=("greedy",), temperature=False, class_bias=False).fit(Pv, yv)
     w = np.asarray(ens.params_["weights"])
     assert ens.combiner_ == "greedy"
     # picked first and most often; later rounds may add a noise member for a sliver of in-sample AUROC
@@ -72,7 +72,7 @@ def test_the_best_single_candidate_wins_when_the_other_members_are_noise():
     # One informative member among noisy ones: averaging dilutes it, and on a small validation split the
     # meta-learners overfit the noise; the best single member scores highest out of fold and is chosen.
     P, y = single_label(120, 2, [0.3, 2.5, 0.2, 0.0, 0.1], seed=0, noise=1.5)
-    ens = StackingEnsemble(task="binary", combiners=("mean", "best", "logistic", "mlp"), temperature=False).fit(P, y)
+    ens = StackingEnsemble(task="binary", combiners=("mean", "best", "logistic", "mlp"), temperature=False, class_bias=False).fit(P, y)
     assert ens.combiner_ == "best" and ens.params_["member"] == 1
     assert ens.cv_scores_["best"] > ens.cv_scores_["mean"]
     np.testing.assert_allclose(ens.predict_proba(P), P[1] / P[1].sum(1, keepdims=True))
@@ -84,7 +84,7 @@ def test_the_best_single_candidate_wins_when_the_other_members_are_noise():
 def test_the_chosen_combiner_never_scores_below_the_best_member_out_of_fold():
     for seed in range(4):
         P, y = single_label(90, 3, [1.0, 0.6, 1.4, 0.2], seed=seed, noise=1.2)
-        ens = StackingEnsemble(task="multi-class", temperature=False).fit(P, y)
+        ens = StackingEnsemble(task="multi-class", temperature=False, class_bias=False).fit(P, y)
         assert ens.cv_scores_[ens.combiner_] >= ens.cv_scores_["best"] - 1e-12
 
 
@@ -92,7 +92,7 @@ def test_logistic_beats_the_mean_with_an_anticorrelated_member():
     # members 0, 1 informative; member 2 strongly informative but inverted (p -> 1 - p)
     P, y = single_label(600, 2, [1.0, 1.0, 2.5], seed=2, flip=(2,))
     Pv, yv, Pt, yt = P[:, :300], y[:300], P[:, 300:], y[300:]
-    ens = StackingEnsemble(task="binary", combiners=("mean", "logistic"), temperature=False).fit(Pv, yv)
+    ens = StackingEnsemble(task="binary", combiners=("mean", "logistic"), temperature=False, class_bias=False).fit(Pv, yv)
     assert ens.combiner_ == "logistic"
     assert ens.cv_scores_["logistic"] > ens.cv_scores_["mean"] + 0.1
     # the inverted member gets a negative weight, and the gain holds on held-out rows
@@ -248,7 +248,7 @@ def test_masked_entries_do_not_influence_fitting(combiner):
 def test_multilabel_label_without_both_classes_falls_back_to_the_mean():
     P, y = multi_label(120, 3, [1.5, 0.5], seed=12, masked=0.0)
     y[:, 2] = 0  # no positive for label 2
-    ens = StackingEnsemble(task="multi-label", combiners=("logistic",), temperature=False, n_folds=3).fit(P, y)
+    ens = StackingEnsemble(task="multi-label", combiners=("logistic",), temperature=False, class_bias=False, n_folds=3).fit(P, y)
     assert ens.params_["labels"][2] is None
     np.testing.assert_allclose(ens.predict_proba(P)[:, 2], P[:, :, 2].mean(0))
 
@@ -270,8 +270,8 @@ def _overconfident_binary(n, seed):
 def test_temperature_fixes_overconfidence_and_keeps_ranks():
     P, y = _overconfident_binary(1200, seed=13)
     Pv, yv, Pt, yt = P[:, :600], y[:600], P[:, 600:], y[600:]
-    cold = StackingEnsemble(task="binary", combiners=("mean",), temperature=False).fit(Pv, yv)
-    warm = StackingEnsemble(task="binary", combiners=("mean",), temperature=True).fit(Pv, yv)
+    cold = StackingEnsemble(task="binary", combiners=("mean",), temperature=False, class_bias=False).fit(Pv, yv)
+    warm = StackingEnsemble(task="binary", combiners=("mean",), temperature=True, class_bias=False).fit(Pv, yv)
     assert cold.temperature_ == 1.0
     assert 2.0 < warm.temperature_ < 4.5
     before, after = cold.predict_proba(Pt), warm.predict_proba(Pt)
@@ -286,16 +286,16 @@ def test_temperature_keeps_argmax_multiclass_and_auroc_multilabel():
     truth = _softmax(1.5 * rng.normal(size=(600, 4)))
     y = (rng.random((600, 1)) > truth.cumsum(1)).sum(1)  # y ~ Categorical(truth)
     P = _softmax(3.0 * np.log(truth))[None]  # one member, 3x too sharp
-    cold = StackingEnsemble(task="multi-class", combiners=("mean",), temperature=False).fit(P[:, :300], y[:300])
-    warm = StackingEnsemble(task="multi-class", combiners=("mean",)).fit(P[:, :300], y[:300])
+    cold = StackingEnsemble(task="multi-class", combiners=("mean",), temperature=False, class_bias=False).fit(P[:, :300], y[:300])
+    warm = StackingEnsemble(task="multi-class", combiners=("mean",), class_bias=False).fit(P[:, :300], y[:300])
     assert 2.0 < warm.temperature_ < 4.5
     a, b = cold.predict_proba(P[:, 300:]), warm.predict_proba(P[:, 300:])
     np.testing.assert_array_equal(b.argmax(1), a.argmax(1))
     assert log_loss(y[300:], b, labels=range(4)) < log_loss(y[300:], a, labels=range(4))
 
     Q, z = multi_label(300, 3, [3.0, 3.0], seed=15, masked=0.1)
-    cold = StackingEnsemble(task="multi-label", combiners=("mean",), temperature=False).fit(Q[:, :200], z[:200])
-    warm = StackingEnsemble(task="multi-label", combiners=("mean",)).fit(Q[:, :200], z[:200])
+    cold = StackingEnsemble(task="multi-label", combiners=("mean",), temperature=False, class_bias=False).fit(Q[:, :200], z[:200])
+    warm = StackingEnsemble(task="multi-label", combiners=("mean",), class_bias=False).fit(Q[:, :200], z[:200])
     assert abs(math.log(warm.temperature_)) > 0.1  # a real rescaling
     a, b, zt = cold.predict_proba(Q[:, 200:]), warm.predict_proba(Q[:, 200:]), z[200:]
     for j in range(3):
@@ -345,7 +345,7 @@ def test_numpy_prediction_matches_sklearn(monkeypatch, combiner):
     original = cls.fit
     monkeypatch.setattr(cls, "fit", lambda self, X, y: models.append((self, X)) or original(self, X, y))
     P, y = single_label(120, 3, [1.5, 0.5], seed=17)
-    ens = StackingEnsemble(task="multi-class", combiners=(combiner,), temperature=False, n_folds=3, **FAST).fit(P, y)
+    ens = StackingEnsemble(task="multi-class", combiners=(combiner,), temperature=False, class_bias=False, n_folds=3, **FAST).fit(P, y)
     model, Z = models[-1]  # the refit on all rows
     np.testing.assert_allclose(ens.predict_proba(P), model.predict_proba(Z), rtol=0, atol=1e-10)
 
@@ -389,7 +389,7 @@ def test_binary_threshold_is_chosen_on_out_of_fold_predictions_and_survives_json
     y = np.array([0] * 150 + [1] * 450)
     z = np.where(y == 1, 2.0, -2.0)[None, :] + rng.normal(size=(3, len(y))) + 0.0
     P = np.stack([1 - _sigmoid(z), _sigmoid(z)], -1)
-    ens = StackingEnsemble(task="binary", combiners=("mean",), temperature=False).fit(P, y)
+    ens = StackingEnsemble(task="binary", combiners=("mean",), temperature=False, class_bias=False).fit(P, y)
     assert 0.0 < ens.threshold_ < 1.0
     probs = ens.predict_proba(P)
     np.testing.assert_array_equal(ens.predict(P), (probs[:, 1] >= ens.threshold_).astype(int))
@@ -406,3 +406,29 @@ def test_only_binary_tasks_get_a_threshold():
     ens = StackingEnsemble(task="multi-class", combiners=("mean",)).fit(P, y)
     assert ens.threshold_ is None
     np.testing.assert_array_equal(ens.predict(P), ens.predict_proba(P).argmax(1))
+
+
+def test_class_offsets_restore_argmax_accuracy_for_the_validation_mix():
+    # Members calibrated for a 50/50 world (a balanced sampler, no correction) on data that is 85/15:
+    # temperature alone keeps argmax, the class offsets move it to the validation mix's Bayes decision.
+    rng = np.random.default_rng(5)
+    n = 1200
+    y = (rng.random(n) < 0.15).astype(int)
+    x = rng.normal(loc=2.0 * y, scale=1.0)
+    llr = 2.0 * x - 2.0  # log-likelihood ratio: the posterior under a uniform prior
+    members = []
+    for noise in (0.3, 0.5):
+        p = _sigmoid(llr + rng.normal(0, noise, n))
+        members.append(np.stack([1 - p, p], 1))
+    P = np.stack(members)
+    Pv, yv, Pt, yt = P[:, :600], y[:600], P[:, 600:], y[600:]
+    plain = StackingEnsemble(task="binary", combiners=("mean",), class_bias=False).fit(Pv, yv)
+    shifted = StackingEnsemble(task="binary", combiners=("mean",)).fit(Pv, yv)
+    acc = lambda e: float((e.predict_proba(Pt).argmax(1) == yt).mean())
+    majority = max(yt.mean(), 1 - yt.mean())
+    assert acc(plain) + 0.03 < acc(shifted) and acc(shifted) > majority + 0.03
+    assert shifted.class_bias_[0] == 0.0 and shifted.class_bias_[1] < -1.0  # log(0.15/0.85) ~ -1.7, plus noise
+    assert log_loss(yt, shifted.predict_proba(Pt)) < log_loss(yt, plain.predict_proba(Pt))
+    assert auroc(shifted.predict_proba(Pt), yt) == pytest.approx(auroc(plain.predict_proba(Pt), yt), abs=1e-12)
+    again = StackingEnsemble.from_dict(json.loads(json.dumps(shifted.to_dict())))
+    np.testing.assert_allclose(again.predict_proba(Pt), shifted.predict_proba(Pt))
