@@ -71,6 +71,7 @@ AUTO = "auto"
 DEFAULT_PRESET = "presets/auto"
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 TRACKING_KEYS = ("mlflow", "tensorboard")
+RAY_KEYS = ("address",)
 MLFLOW_KEYS = ("uri", "experiment")
 # Tracking URIs MLflow understands (a plain path is a local file store); anything else is most likely a typo.
 MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
@@ -536,6 +537,14 @@ def space_from_dict(
             "is `auto` but `epochs` is also searched; drop one of them", origin=origin, field="fixed.epochs"
         )
     search = _search(_mapping(raw.get("search"), origin, "search"), origin, params=params, fixed=fixed, auto=auto_epochs)
+    _check_select_metric(fixed, params, origin)
+    ensemble = _mapping(raw.get("ensemble"), origin, "ensemble")
+    from ensemble import EnsembleSettings
+
+    # Checked now, not after the sweep has run: a typo or a bad value here would cost the whole budget.
+    EnsembleSettings.from_dict(ensemble, origin=origin, prefix="ensemble")
+    ray_section = _mapping(raw.get("ray"), origin, "ray")
+    check_keys(ray_section, RAY_KEYS, origin=origin, prefix="ray", what="ray")
     name = str(raw.get("name") or p.stem)
     return Space(
         name=name,
@@ -544,10 +553,10 @@ def space_from_dict(
         fixed=fixed,
         params=params,
         search=search,
-        ensemble=_mapping(raw.get("ensemble"), origin, "ensemble"),
+        ensemble=ensemble,
         tracking=_tracking(_mapping(raw.get("tracking"), origin, "tracking"), origin, name=name),
         storage=raw.get("storage"),
-        ray=_mapping(raw.get("ray"), origin, "ray"),
+        ray=ray_section,
         raw=raw,
         auto_epochs=auto_epochs,
     )
@@ -835,6 +844,26 @@ def check_metric(metric: Any, *, origin: str, field: str) -> str:
         origin=origin,
         field=field,
     )
+
+
+def _check_select_metric(fixed: Mapping[str, Any], params: Mapping[str, Param], origin: str) -> None:
+    """``select_metric`` picks each trial's best epoch as the highest value: a reported validation metric
+    where higher is better (not a loss, which would pick the worst epoch)."""
+    values = []
+    if "select_metric" in fixed:
+        values.append(("fixed.select_metric", fixed["select_metric"]))
+    p = params.get("select_metric")
+    if p is not None and p.type == "categorical":
+        values += [(f"space.select_metric.choices[{i}]", c) for i, c in enumerate(p.choices)]
+    for where, value in values:
+        metric = check_metric(value, origin=origin, field=where)
+        if not metric.startswith("val_") or _default_mode(metric) == "min":
+            raise ConfigError(
+                f"{metric!r} cannot pick the best epoch: it must be a validation metric where higher is better, "
+                "such as val_auroc, val_accuracy or val_auprc",
+                origin=origin,
+                field=where,
+            )
 
 
 def _default_mode(metric: str) -> str:

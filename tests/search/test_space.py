@@ -252,3 +252,25 @@ def test_tpe_starts_with_a_quarter_of_the_sweep_at_random(n_trials, given, start
     sampler = create_sampler(SamplerConfig(type="tpe", seed=0, n_startup_trials=given), n_trials=n_trials)
     assert sampler._n_startup_trials == startup
     assert sampler._multivariate and sampler._group and sampler._constant_liar
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ("ensemble: {top_k: 0}\n", r"ensemble\.top_k: must be an integer >= 1, got 0"),
+        ("ensemble: {topk: 3}\n", r"ensemble\.topk: unknown key 'topk'; did you mean 'top_k'\?"),
+        ("ensemble: {selection: best}\n", r"ensemble\.selection: Unknown selection 'best'"),
+        ("ray: {adress: auto}\n", r"ray\.adress: unknown key 'adress' in ray; did you mean 'address'\?"),
+        ("fixed: {epochs: 2, select_metric: val_loss}\n", r"fixed\.select_metric: 'val_loss' cannot pick the best epoch"),
+        ("fixed: {epochs: 2, select_metric: val_aucroc}\n", r"fixed\.select_metric: the trainable does not report 'val_aucroc'; did you mean 'val_auroc'"),
+        ("space: {select_metric: {type: categorical, choices: [val_auroc, train_loss]}}\n",
+         r"space\.select_metric\.choices\[1\]: 'train_loss' cannot pick the best epoch"),
+    ],
+)
+def test_every_section_is_checked_when_the_space_loads(tmp_path, extra, match):
+    # Before Ray starts: a bad ensemble or ray section, or a select_metric that would pick the wrong epoch.
+    p = tmp_path / "s.yaml"
+    p.write_text("data: {source: medmnist, dataset: breastmnist}\n" + extra)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_space(p)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(p))
