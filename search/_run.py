@@ -353,9 +353,43 @@ def run_sweep(
             import ray
 
             ray.shutdown()
+    if _complete(frame, space, seconds=seconds, n_trials=n_trials):
+        frame = _keep(frame, space, run_dir)
     status = _report(frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials)
     _publish(space, run_dir, report=report)
     return status
+
+
+def _complete(frame: Any, space: Space, *, seconds: float, n_trials: int) -> bool:
+    """No trial runs or waits (an interrupted sweep is resumed later and may need any checkpoint)."""
+    if frame.empty or frame["status"].isin(["running", "pending"]).any():
+        return False
+    budget = space.search.time_budget_s
+    return len(frame) >= n_trials or (budget is not None and seconds >= budget)
+
+
+def _keep(frame: Any, space: Space, run_dir: str) -> Any:
+    """``search.keep`` applied to the ended sweep; the leaderboard's ``disk_mb`` counted again and rewritten."""
+    from ._disk import keep_what_was_asked
+    from ._leaderboard import _disk_mb, write_leaderboard
+
+    keep = space.search.keep
+    if keep == "all" or "://" in run_dir:
+        return frame
+    members = None
+    if keep == "best":
+        try:  # the trials the ensemble can use: the ones `ensemble.build` would choose with the space's settings
+            from ensemble import select_members
+
+            members = [m.trial_id for m in select_members(run_dir).members]
+        except ConfigError:
+            members = None  # nothing to stack (or bad settings the ensemble step reports): every weight stays
+    freed = keep_what_was_asked(frame, run_dir, keep=keep, members=members)
+    if freed and "disk_mb" in frame:
+        frame = frame.copy()
+        frame["disk_mb"] = [_disk_mb(str(p)) if isinstance(p, str) else None for p in frame["path"]]
+        write_leaderboard(frame, run_dir)
+    return frame
 
 
 def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
@@ -401,6 +435,7 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from ._disk import KeepCallback
     from ._progress import Progress
 
     cfg = space.search
@@ -435,12 +470,12 @@ def build_tuner(space: Space, trainable: Any, *, run_dir: str, constants: Mappin
             name=space.name,
             storage_path=run_dir.rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            # With a score attribute Ray keeps the best ``num_to_keep`` and, besides, always the latest:
-            # 1 means at most two per trial, the best (the ensemble's) and the last (for resuming).
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
-            ),
-            callbacks=[progress, *tracking_callbacks(space, run_dir=run_dir)],
+            # The latest checkpoint only: it carries the best weights and the best epoch's predictions along
+            # (search.keep: all also keeps the best epoch's own checkpoint, with its resume state).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)
+            if cfg.keep != "all"
+            else tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode),
+            callbacks=[progress, KeepCallback(cfg.keep, run_dir), *tracking_callbacks(space, run_dir=run_dir)],
             verbose=1 if verbose else 0,
         ),
     )

@@ -64,7 +64,11 @@ SEARCH_KEYS = (
     "scheduler",
     "resources",
     "objectives",
+    "keep",
 )
+# What a trial leaves on disk once it ended: `best` the ensemble's candidates' best weights (every trial's
+# predictions), `weights` every trial's best weights, `all` everything Tune wrote (resume state included).
+KEEP = ("best", "weights", "all")
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 TRACKING_KEYS = ("mlflow", "tensorboard")
 MLFLOW_KEYS = ("uri", "experiment")
@@ -237,6 +241,9 @@ class SearchConfig:
         scheduler: Tune's scheduler (ASHA by default).
         resources: CPUs and GPU share per trial.
         objectives: several objectives for a multi-objective sweep; the first is ``metric``/``mode``.
+        keep: what an ended (finished or pruned) trial leaves on disk: ``best`` (default) the best weights of
+            the trials the ensemble can use and every trial's predictions, ``weights`` every trial's best
+            weights, ``all`` everything, the state to resume from included.
     """
 
     metric: str = "val_auroc"
@@ -249,6 +256,7 @@ class SearchConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: Resources = field(default_factory=Resources)
     objectives: tuple[Objective, ...] = ()
+    keep: str = "best"
 
     @property
     def multi_objective(self) -> bool:
@@ -266,6 +274,7 @@ class SearchConfig:
             "sampler": dataclasses.asdict(self.sampler),
             "scheduler": self.scheduler.to_dict(),
             "resources": dataclasses.asdict(self.resources),
+            "keep": self.keep,
         }
         if self.objectives:
             out["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
@@ -849,6 +858,9 @@ def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param],
     sampler = _sampler(raw.get("sampler"), origin, multi=len(objectives) > 1)
     scheduler = _scheduler(raw.get("scheduler"), origin, params=params, fixed=fixed)
     resources = _resources(raw.get("resources"), origin)
+    keep = raw.get("keep", "best")
+    if keep not in KEEP:
+        raise ConfigError(f"must be one of {', '.join(KEEP)}, got {keep!r}{did_you_mean(str(keep), KEEP)}", origin=origin, field=f"{w}.keep")
     return SearchConfig(
         metric=metric,
         mode=mode,
@@ -860,6 +872,7 @@ def _search(raw: Mapping[str, Any], origin: str, *, params: Mapping[str, Param],
         scheduler=scheduler,
         resources=resources,
         objectives=objectives,
+        keep=keep,
     )
 
 

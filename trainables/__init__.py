@@ -12,7 +12,7 @@ from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
 from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
-from ._train import TrainingDiverged, predictions_frame, train
+from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
 
 __all__ = [
     "AUGMENT_LEVELS",
@@ -41,6 +41,7 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "create_source",
+    "drop_resume_state",
     "load_dataset",
     "mix_batch",
     "predictions_frame",
