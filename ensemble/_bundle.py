@@ -199,7 +199,7 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
         rel = f"members/{_SAFE_NAME.sub('_', m.trial_id)}.safetensors"
         if rel in weight_files.values():
             raise ConfigError(f"two members map to the file {rel}; trial ids must differ in more than punctuation")
-        shutil.copyfile(m.weights, tmp / rel)
+        _copy_weights(m.weights, tmp / rel, dtype=selection.settings.weights_dtype)
         weight_files[m.trial_id] = rel
     (tmp / METRICS).write_text(_dump(summary.metrics))
     write_report(tmp / REPORT, selection, summary)
@@ -213,6 +213,19 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
         entry["sha256"] = files[entry["weights"]]
     manifest["files"] = files
     (tmp / MANIFEST).write_text(_dump(manifest))
+
+
+def _copy_weights(src: Path, dst: Path, *, dtype: str) -> None:
+    """A member's weights into the bundle: as they are, or with floating-point tensors in half precision
+    (``ensemble.weights_dtype: float16``; loading casts them back into the float32 model)."""
+    if dtype == "float32":
+        shutil.copyfile(src, dst)
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src)
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, dst)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
