@@ -55,7 +55,8 @@ class StackingEnsemble:
         task: ``binary``, ``multi-class``, ``ordinal`` or ``multi-label``.
         combiners: candidates among ``mean``, ``greedy``, ``logistic``, ``mlp``.
         n_folds: CV folds; fewer when the rarest class has fewer validation samples (at least 2).
-        mlp_hidden: hidden units of the MLP meta-learner.
+        mlp_hidden: hidden units of the MLP meta-learner (multi-label: at most 16 per label's MLP; the labels'
+            logistic and MLP heads are fitted all at once, Newton's method and batched Adam with early stopping).
         greedy_rounds: rounds of Caruana selection with replacement.
         temperature: fit one temperature on the chosen combiner's out-of-fold predictions.
         metric: ``auroc`` (macro), ``log_loss`` or ``accuracy``; the CV choice and greedy selection use it.

@@ -37,9 +37,12 @@ def test_throughput_quick_measures_every_part(tmp_path):
     assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], rel=2e-2)
     bundle = result["bundle"]
     assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
+    epoch = result["epoch"]  # end to end: a whole trial epoch under Tune against a bare train-and-evaluate epoch
+    assert epoch["trial_median_s"] > 0 and epoch["bare_median_s"] > 0 and epoch["epochs_counted"] >= 1
+    assert epoch["ratio"] == pytest.approx(epoch["bare_median_s"] / epoch["trial_median_s"], rel=2e-2)
     gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
     assert gpu["raw_images_per_s"] > 0 and gpu["trainable_images_per_s"] > 0 and set(gpu["sharing"]) == {"1", "2"}
-    for part in ("trainable:", "pipeline:", "ray:", "bundle:", "gpu:"):
+    for part in ("trainable:", "epoch:", "pipeline:", "ray:", "bundle:", "gpu:"):
         assert part in stdout
 
 
@@ -93,3 +96,19 @@ def test_augment_quick_writes_throughput_per_level(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "simple" in out.read_text() and "advanced" in out.read_text()
+
+
+@needs_medmnist
+def test_scale_quick_times_the_stacker_and_measures_disk_and_report(tmp_path):
+    stdout, result = _bench("scale.py", out=tmp_path / "scale.json")
+    rows = result["stacker"]["rows"]
+    assert [(r["members"], r["rows"], r["labels"]) for r in rows] == [(5, 1000, 14), (10, 1000, 14)]
+    assert all(r["fit_s"] > 0 and 0.5 < r["test_auroc"] <= 1.0 for r in rows)
+    disk = result["disk"]  # a 2-trial sweep of spaces/cxr.yaml with a tiny model
+    assert disk["trials"] == 2 and disk["trials_mb"] > 0 and disk["total_mb"] >= disk["trials_mb"] * 0.5
+    assert disk["per_trial_mb"] == pytest.approx(disk["trials_mb"] / 2, abs=0.1)
+    assert "MB on disk" in disk["sweep"]["summary_line"]
+    report = result["report"]
+    assert report["median_s"] > 0 and report["grad_cam_images"] >= 2 and report["size_kb"] > 10
+    for part in ("stacker:", "disk:", "report:"):
+        assert part in stdout
