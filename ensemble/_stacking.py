@@ -15,7 +15,7 @@ import numpy as np
 
 from trainables._errors import ConfigError, did_you_mean
 
-from ._metrics import LOWER_IS_BETTER, _sorted_negatives_auroc, check_probs_labels, check_task, score
+from ._metrics import LOWER_IS_BETTER, check_probs_labels, check_task, score
 
 __all__ = ["COMBINERS", "StackingEnsemble"]
 
@@ -451,8 +451,14 @@ def _fit_greedy_auroc(P: np.ndarray, y: np.ndarray, task: str, rounds: int) -> d
                 neg_sorted = np.sort(s_neg + p_neg, axis=1)
                 # sorted keys: numpy's binary search starts from the previous key's place (fewer cache misses)
                 pos_sorted = np.sort(s_pos + p_pos, axis=1)
-                for i in range(m):
-                    aucs[i, c] = _sorted_negatives_auroc(neg_sorted[i], pos_sorted[i])
+                # _metrics._sorted_negatives_auroc for every member at once (the per-call overhead was half the time)
+                at = np.stack([np.searchsorted(neg_sorted[i], pos_sorted[i], side="left") for i in range(m)])
+                below = at.sum(1).astype(float)
+                tied = np.take_along_axis(neg_sorted, np.minimum(at, neg_sorted.shape[1] - 1), axis=1) == pos_sorted
+                for i in np.flatnonzero(tied.any(1)):  # ties with negatives count half
+                    keys = pos_sorted[i][tied[i]]
+                    below[i] += 0.5 * float((np.searchsorted(neg_sorted[i], keys, side="right") - at[i][tied[i]]).sum())
+                aucs[:, c] = below / (pos_sorted.shape[1] * neg_sorted.shape[1])
             pick = int(np.argmax(aucs.mean(1)))  # the first of equal scores: the lower member index
         counts[pick] += 1
         for (p_pos, p_neg), (s_pos, s_neg) in zip(parts, sums):
