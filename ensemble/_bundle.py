@@ -217,9 +217,17 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
 
 def _copy_weights(src: Path, dst: Path, *, dtype: str) -> None:
     """A member's weights into the bundle: as they are, or with floating-point tensors in half precision
-    (``ensemble.weights_dtype: float16``; loading casts them back into the float32 model)."""
+    (``ensemble.weights_dtype: float16``; loading casts them back into the float32 model).
+
+    As they are, the file is a hard link to the trial's where both lie on one file system: the bytes are the
+    same and nothing rewrites a finished trial's weights, so the run folder does not hold them twice (the
+    manifest's sha256 still guards the bundle's copy); elsewhere (another disk, --out) it is copied.
+    """
     if dtype == "float32":
-        shutil.copyfile(src, dst)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
         return
     import torch
     from safetensors.torch import load_file, save_file
