@@ -149,7 +149,7 @@ def run_sweep(tmp: Path, quick: bool) -> tuple[Path, dict]:
     sets = [f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", f"search.n_trials={n_trials}", f"epochs={epochs}",
             "search.scheduler=fifo", "search.time_budget_s=null", f"ensemble.top_k={n_trials}", "activation_rate=1.0",
             "unfreeze_epoch=0"] + (["backbone=test_resnet"] if quick else [])
-    cmd = [sys.executable, "-m", "search.run", "spaces/cxr.yaml", "--out", str(tmp / "runs")]
+    cmd = [sys.executable, "-m", "search.run", "spaces/cxr.yaml", "--out", str(tmp / "runs")] + (["--no-report"] if quick else [])
     for s in sets:
         cmd += ["--set", s]
     t0 = time.perf_counter()
@@ -157,8 +157,10 @@ def run_sweep(tmp: Path, quick: bool) -> tuple[Path, dict]:
     if proc.returncode != 0:
         raise SystemExit(f"bench/scale.py: search.run exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
     summary = re.search(r"^\[medsweep\] sweep \S+ done in .*$", proc.stdout, re.M)
+    report = re.search(r"^report: .* \(written in ([0-9.]+)s\)$", proc.stdout, re.M)
     return tmp / "runs" / "cxr", {"command": "python " + " ".join(cmd[1:]), "wall_s": round(time.perf_counter() - t0, 1),
-                                  "summary_line": summary.group(0) if summary else None}
+                                  "summary_line": summary.group(0) if summary else None,
+                                  "report_in_sweep_s": float(report.group(1)) if report else None}
 
 
 def main(argv=None) -> int:
@@ -196,6 +198,7 @@ def main(argv=None) -> int:
         if "disk" in parts:
             result["disk"] = part_disk(run_dir, sweep)
         if "report" in parts:
+            # quick: the sweep ran without a report, so this one is the run folder's first
             result["report"] = part_report(run_dir, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

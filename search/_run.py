@@ -400,8 +400,9 @@ def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
         if report:
             from ._html import write_html_report
 
+            t0 = time.perf_counter()
             path = write_html_report(run_dir)
-            print(f"report: {path}")
+            print(f"report: {path} (written in {time.perf_counter() - t0:.1f}s)")
     except Exception as exc:  # noqa: BLE001 - the report is a view; the sweep's files are what counts
         print(f"medsweep: warning: report.html not written ({_reason(exc)}); retry with python -m search.show {run_dir} --html", file=sys.stderr)
     cfg = space.tracking.mlflow
