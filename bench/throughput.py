@@ -2,6 +2,9 @@
 
     trainable  the trainable's epoch against a bare hand-written PyTorch loop, interleaved
                (bare, trainable, bare, ...) so machine drift hits both. Target: ratio >= 0.90.
+    epoch      end to end: a whole trial epoch under Ray Tune (training, validation and its metrics,
+               the best epoch's predictions, the checkpoint, Tune's report: Tune's ``time_this_iter_s``)
+               against a bare loop that trains and evaluates (validation AUROC) each epoch. Target >= 0.90.
     pipeline   the data pipeline alone (cache read, augmentation at each level, uint8 -> float) against
                training speed: at 28 px the loader must never be the bottleneck (ratio > 1 at every level).
     ray        a small sweep through ``python -m search.run``: its wall time against the sum of the
@@ -81,7 +84,7 @@ def bare_epoch(model, opt, x_all, y_all, batch_size: int, rng) -> float:
 
 
 
-PARTS = ("trainable", "pipeline", "ray", "bundle", "onnx", "gpu")
+PARTS = ("trainable", "epoch", "pipeline", "ray", "bundle", "onnx", "gpu")
 LEVELS = ("none", "simple", "enhanced", "advanced")
 
 
@@ -123,6 +126,96 @@ def part_trainable(args, tmp: Path, rounds: int) -> dict:
     print(f"trainable: bare {res['bare_median']} img/s, trainable {res['trainable_median']} img/s, "
           f"ratio {res['ratio']} (target >= 0.90)", flush=True)
     return res
+
+
+def bare_eval(model, x_val, y_val, batch_size: int) -> float:
+    """The bare loop's evaluation: validation probabilities and their AUROC, nothing kept."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    model.eval()
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(model(x_val[b : b + batch_size]), 1) for b in range(0, len(x_val), batch_size)])
+    return float(roc_auc_score(y_val.numpy(), probs[:, 1].numpy()))
+
+
+def part_epoch(args, tmp: Path, rounds: int) -> dict:
+    """A whole trial epoch under Tune against a bare train-and-evaluate epoch, same model, data and threads."""
+    import ray
+    import torch
+    from ray import tune
+
+    from trainables import train
+    from trainables._cache import DataConfig, load_dataset
+    from trainables._model import create_model
+
+    data = data_dict(args, tmp)
+    if args.quick:  # a tenth of PneumoniaMNIST: the same split sizes for both loops
+        data = {**data, "root": str(_subsampled(Path(data["root"]), tmp / "epoch-data")), "cache_dir": str(tmp / "epoch-cache")}
+    epochs = rounds + 1  # the first epoch (start-up, first checkpoint) is not counted
+    config = {"backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": epochs,
+              "image_size": 28, "seed": 0, "data": data}
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        tuner = tune.Tuner(
+            tune.with_resources(train, {"cpu": args.threads}),
+            param_space=config,
+            run_config=tune.RunConfig(storage_path=str(tmp / "epoch-runs"), name="epoch", verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+        )
+        result = tuner.fit()[0]
+    finally:
+        if started:
+            ray.shutdown()
+    if result.error is not None:
+        raise SystemExit(f"bench/throughput.py: epoch part: the trial failed: {result.error}")
+    iters = [float(v) for v in result.metrics_dataframe["time_this_iter_s"]][1:]
+
+    ds = load_dataset(DataConfig.from_dict(data), image_size=28, verbose=False)
+    mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
+    std = torch.tensor(ds.std).view(1, -1, 1, 1)
+
+    def tensors(split):
+        sp = ds.splits[split]
+        x = torch.from_numpy(np.asarray(sp.images)).permute(0, 3, 1, 2).float()
+        return ((x / 255.0 - mean) / std).contiguous(), torch.from_numpy(np.asarray(sp.labels)).long()
+
+    (x_all, y_all), (x_val, y_val) = tensors("train"), tensors("val")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = create_model(args.backbone, num_classes=ds.num_classes, in_chans=ds.channels)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    rng = np.random.default_rng(0)
+    bare = []
+    for e in range(epochs):
+        t0 = time.perf_counter()
+        bare_epoch(model, opt, x_all, y_all, args.batch_size, rng)
+        bare_eval(model, x_val, y_val, 256)
+        if e:
+            bare.append(time.perf_counter() - t0)
+    t_bare, t_trial = statistics.median(bare), statistics.median(iters)
+    res = {"backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads,
+           "train_images": len(y_all), "val_images": len(y_val), "epochs_counted": len(iters),
+           "bare_epoch_s": [round(v, 2) for v in bare], "trial_epoch_s": [round(v, 2) for v in iters],
+           "bare_median_s": round(t_bare, 2), "trial_median_s": round(t_trial, 2),
+           "ratio": round(t_bare / t_trial, 3), "target_ratio": 0.90}
+    print(f"epoch: whole trial epoch under Tune {t_trial:.2f} s vs bare train+evaluate {t_bare:.2f} s: "
+          f"ratio {res['ratio']} (target >= 0.90)", flush=True)
+    return res
+
+
+def _subsampled(root: Path, dst: Path) -> Path:
+    import importlib.util
+
+    # Loaded by path: bench/ on sys.path would shadow the stdlib's ``ast``.
+    spec = importlib.util.spec_from_file_location("medsweep_bench_quality", ROOT / "bench" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    if not (dst / "pneumoniamnist.npz").is_file():
+        quality.subsample(root / "pneumoniamnist.npz", dst / "pneumoniamnist.npz", 0.1)
+    return dst
 
 
 def part_pipeline(args, tmp: Path, rounds: int, train_speed: float | None) -> dict:
@@ -409,6 +502,8 @@ def main(argv=None) -> int:
         if "trainable" in parts:
             result["trainable"] = part_trainable(args, tmp, rounds)
             result.update({k: result["trainable"][k] for k in ("bare_median", "trainable_median", "ratio")})
+        if "epoch" in parts:
+            result["epoch"] = part_epoch(args, tmp, rounds)
         if "pipeline" in parts:
             speed = result.get("trainable", {}).get("trainable_median")
             result["pipeline"] = part_pipeline(args, tmp, rounds, speed)

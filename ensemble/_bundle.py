@@ -251,7 +251,7 @@ def _write_bundle(tmp: Path, selection: Selection, ensemble: Any, summary: Summa
         rel = f"members/{_SAFE_NAME.sub('_', m.trial_id)}.safetensors"
         if rel in weight_files.values():
             raise ConfigError(f"two members map to the file {rel}; trial ids must differ in more than punctuation")
-        shutil.copyfile(m.weights, tmp / rel)
+        _copy_weights(m.weights, tmp / rel, dtype=selection.settings.weights_dtype)
         weight_files[m.trial_id] = rel
     (tmp / METRICS).write_text(_dump({**summary.metrics, **_split_metrics(selection.members[0].model.get("data"))}))
     write_report(tmp / REPORT, selection, summary)
@@ -279,6 +279,27 @@ def _split_metrics(report: dict[str, Any] | None) -> dict[str, Any]:
             if value is not None:
                 out[f"data.{split}.prevalence.{name}"] = value
     return out
+
+
+def _copy_weights(src: Path, dst: Path, *, dtype: str) -> None:
+    """A member's weights into the bundle: as they are, or with floating-point tensors in half precision
+    (``ensemble.weights_dtype: float16``; loading casts them back into the float32 model).
+
+    As they are, the file is a hard link to the trial's where both lie on one file system: the bytes are the
+    same and nothing rewrites a finished trial's weights, so the run folder does not hold them twice (the
+    manifest's sha256 still guards the bundle's copy); elsewhere (another disk, --out) it is copied.
+    """
+    if dtype == "float32":
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+        return
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(src)
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()}, dst)
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

@@ -54,14 +54,25 @@ def check_probs_labels(probs: np.ndarray, y: np.ndarray, task: str) -> tuple[np.
 
 def _binary_auroc(truth: np.ndarray, score: np.ndarray) -> float:
     """Mann-Whitney AUROC with average ranks for ties (equal to scikit-learn's roc_auc_score); nan if one class."""
-    from scipy.stats import rankdata
-
+    truth = np.asarray(truth, dtype=bool)
     n1 = int(truth.sum())
     n0 = truth.size - n1
     if n1 == 0 or n0 == 0:
         return math.nan
-    ranks = rankdata(score)
-    return float((ranks[truth].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    return _sorted_negatives_auroc(np.sort(score[~truth]), score[truth])
+
+
+def _sorted_negatives_auroc(neg_sorted: np.ndarray, pos: np.ndarray) -> float:
+    """P(positive > negative) + P(tie) / 2 from the sorted negative scores: the Mann-Whitney U with average
+    ranks, counted by binary search (scipy's rankdata over all rows was 10x slower, and dominated the
+    stacking's greedy loop)."""
+    at = np.searchsorted(neg_sorted, pos, side="left")
+    below = float(at.sum())
+    # ties with negatives count half; only a key equal to the negative it landed on can have any
+    tied = neg_sorted[np.minimum(at, neg_sorted.size - 1)] == pos
+    if tied.any():
+        below += 0.5 * float((np.searchsorted(neg_sorted, pos[tied], side="right") - at[tied]).sum())
+    return below / (pos.size * neg_sorted.size)
 
 
 def _binary_ap(truth: np.ndarray, score: np.ndarray) -> float:

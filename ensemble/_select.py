@@ -56,6 +56,8 @@ class EnsembleSettings:
         metric: the CV metric (``auroc``, ``log_loss``, ``accuracy``); default follows the sweep's metric.
         seed: CV folds and the MLP's initialisation.
         threshold: binary tasks' operating point: ``youden`` (chosen on validation) or ``argmax`` (0.5).
+        weights_dtype: the bundle's member weights, ``float32`` or ``float16`` (half the size; the members
+            run in float32 as before, predictions move by about 1e-4).
         top_k_set: whether ``top_k`` was given (file or flag) rather than defaulted.
     """
 
@@ -72,6 +74,7 @@ class EnsembleSettings:
     metric: str | None = None
     seed: int = 0
     threshold: str = "youden"
+    weights_dtype: str = "float32"
     top_k_set: bool = False
 
     @classmethod
@@ -108,7 +111,8 @@ class EnsembleSettings:
                         origin=origin, field=f"{prefix}.combiners",
                     )
             values["combiners"] = tuple(str(n) for n in names)
-        for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS), ("selection", SELECTIONS)):
+        for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS), ("selection", SELECTIONS),
+                           ("weights_dtype", WEIGHTS_DTYPES)):
             if raw.get(key) is not None:
                 if raw[key] not in valid:
                     raise ConfigError(
@@ -123,6 +127,7 @@ class EnsembleSettings:
         return self.metric or _METRIC_OF_SWEEP.get(sweep_metric, "auroc")
 
 
+WEIGHTS_DTYPES = ("float32", "float16")
 ENSEMBLE_KEYS = tuple(f.name for f in dataclasses.fields(EnsembleSettings) if f.name != "top_k_set")
 
 

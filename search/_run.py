@@ -411,6 +411,8 @@ def run_sweep(
             import ray
 
             ray.shutdown()
+    if _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget):
+        frame = _keep(frame, space, run_dir)
     status = _report(
         frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials, trials_budget=tuner_budget
     )
@@ -453,6 +455,39 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
     return space.with_sizing(sizing)
 
 
+def _complete(frame: Any, space: Space, *, seconds: float, n_trials: int | None, trials_budget: float | None = None) -> bool:
+    """No trial runs or waits (an interrupted sweep is resumed later and may need any checkpoint)."""
+    if frame.empty or frame["status"].isin(["running", "pending"]).any():
+        return False
+    budget = trials_budget if trials_budget is not None else space.search.time_budget_s
+    # Tune ends a budget a little before or after the second it names.
+    return (n_trials is not None and len(frame) >= n_trials) or (budget is not None and seconds >= 0.98 * budget)
+
+
+def _keep(frame: Any, space: Space, run_dir: str) -> Any:
+    """``search.keep`` applied to the ended sweep; the leaderboard's ``disk_mb`` counted again and rewritten."""
+    from ._disk import keep_what_was_asked
+    from ._leaderboard import _disk_mb, write_leaderboard
+
+    keep = space.search.keep
+    if keep == "all" or "://" in run_dir:
+        return frame
+    members = None
+    if keep == "best":
+        try:  # the trials the ensemble can use: the ones `ensemble.build` would choose with the space's settings
+            from ensemble import select_members
+
+            members = [m.trial_id for m in select_members(run_dir).members]
+        except ConfigError:
+            members = None  # nothing to stack (or bad settings the ensemble step reports): every weight stays
+    freed = keep_what_was_asked(frame, run_dir, keep=keep, members=members)
+    if freed and "disk_mb" in frame:
+        frame = frame.copy()
+        frame["disk_mb"] = [_disk_mb(str(p)) if isinstance(p, str) else None for p in frame["path"]]
+        write_leaderboard(frame, run_dir)
+    return frame
+
+
 def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
     """``report.html`` for people, and the ensemble to MLflow; a failure here is one line, the sweep's results stay."""
     if "://" in run_dir:
@@ -461,8 +496,9 @@ def _publish(space: Space, run_dir: str, *, report: bool = True) -> None:
         if report:
             from ._html import write_html_report
 
+            t0 = time.perf_counter()
             path = write_html_report(run_dir)
-            print(f"report: {path}")
+            print(f"report: {path} (written in {time.perf_counter() - t0:.1f}s)")
     except Exception as exc:  # noqa: BLE001 - the report is a view; the sweep's files are what counts
         print(f"medsweep: warning: report.html not written ({_reason(exc)}); retry with python -m search.show {run_dir} --html", file=sys.stderr)
     cfg = space.tracking.mlflow
@@ -508,6 +544,7 @@ def build_tuner(
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from ._disk import KeepCallback
     from ._progress import Progress
 
     cfg = space.search
@@ -543,12 +580,12 @@ def build_tuner(
             name=space.name,
             storage_path=run_dir.rsplit("/", 1)[0],
             failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
-            # With a score attribute Ray keeps the best ``num_to_keep`` and, besides, always the latest:
-            # 1 means at most two per trial, the best (the ensemble's) and the last (for resuming).
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode
-            ),
-            callbacks=[progress, *tracking_callbacks(space, run_dir=run_dir)],
+            # The latest checkpoint only: it carries the best weights and the best epoch's predictions along
+            # (search.keep: all also keeps the best epoch's own checkpoint, with its resume state).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)
+            if cfg.keep != "all"
+            else tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.metric, checkpoint_score_order=cfg.mode),
+            callbacks=[progress, KeepCallback(cfg.keep, run_dir), *tracking_callbacks(space, run_dir=run_dir)],
             verbose=1 if verbose else 0,
         ),
     )

@@ -64,11 +64,15 @@ SEARCH_KEYS = (
     "scheduler",
     "resources",
     "objectives",
+    "keep",
 )
 # `fixed: {epochs: auto}`: trial length sized at the start of the sweep from the data and the budget.
 AUTO = "auto"
 # What a space file with no `fixed:`, `space:` or `include:` runs: the shipped default sweep.
 DEFAULT_PRESET = "presets/auto"
+# What a trial leaves on disk once it ended: `best` the ensemble's candidates' best weights (every trial's
+# predictions), `weights` every trial's best weights, `all` everything Tune wrote (resume state included).
+KEEP = ("best", "weights", "all")
 SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
 TRACKING_KEYS = ("mlflow", "tensorboard")
 RAY_KEYS = ("address",)
@@ -244,6 +248,9 @@ class SearchConfig:
         scheduler: Tune's scheduler (ASHA by default).
         resources: CPUs and GPU share per trial.
         objectives: several objectives for a multi-objective sweep; the first is ``metric``/``mode``.
+        keep: what an ended (finished or pruned) trial leaves on disk: ``best`` (default) the best weights of
+            the trials the ensemble can use and every trial's predictions, ``weights`` every trial's best
+            weights, ``all`` everything, the state to resume from included.
     """
 
     metric: str = "val_auroc"
@@ -256,6 +263,7 @@ class SearchConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     resources: Resources = field(default_factory=Resources)
     objectives: tuple[Objective, ...] = ()
+    keep: str = "best"
 
     @property
     def multi_objective(self) -> bool:
@@ -273,6 +281,7 @@ class SearchConfig:
             "sampler": dataclasses.asdict(self.sampler),
             "scheduler": self.scheduler.to_dict(),
             "resources": dataclasses.asdict(self.resources),
+            "keep": self.keep,
         }
         if self.objectives:
             out["objectives"] = [dataclasses.asdict(o) for o in self.objectives]
@@ -974,6 +983,9 @@ def _search(
     sampler = _sampler(raw.get("sampler"), origin, multi=len(objectives) > 1)
     scheduler = _scheduler(raw.get("scheduler"), origin, params=params, fixed=fixed, auto=auto)
     resources = _resources(raw.get("resources"), origin)
+    keep = raw.get("keep", "best")
+    if keep not in KEEP:
+        raise ConfigError(f"must be one of {', '.join(KEEP)}, got {keep!r}{did_you_mean(str(keep), KEEP)}", origin=origin, field=f"{w}.keep")
     return SearchConfig(
         metric=metric,
         mode=mode,
@@ -985,6 +997,7 @@ def _search(
         scheduler=scheduler,
         resources=resources,
         objectives=objectives,
+        keep=keep,
     )
 
 

@@ -17,7 +17,7 @@ from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
 from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._volumes import NiftiSource
-from ._train import TrainingDiverged, predictions_frame, train
+from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
 
 # Reported besides search's own list: volume-level metrics of data with ``pool: mean | max``.
 REPORTED_METRICS = ("val_volume_auroc", "val_volume_accuracy", "val_volume_auprc")
@@ -54,6 +54,7 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "create_source",
+    "drop_resume_state",
     "load_dataset",
     "measure_speed",
     "mix_batch",

@@ -24,6 +24,9 @@ from ._params import TrainParams
 STATE_FILE = "state.pt"
 LAST_WEIGHTS = "model.safetensors"
 BEST_WEIGHTS = "best.safetensors"
+# What only resuming needs: optimizer, scheduler and RNG state, and the latest epoch's weights (Adam's state
+# alone is twice the weights). A finished or pruned trial keeps the rest: best weights, model.json, predictions.
+RESUME_FILES = (STATE_FILE, LAST_WEIGHTS)
 # Written into the trial folder when the loss diverges: Tune's retry (FailureConfig) would only diverge again.
 DIVERGED_FILE = "diverged.txt"
 
@@ -473,8 +476,13 @@ class _Run:
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        self.torch.save(self._state(), directory / STATE_FILE)
-        save_file(_contiguous(self.model.state_dict()), directory / LAST_WEIGHTS)
+        # Under Tune an epoch that is the best so far is saved once: its weights are the best weights (restore
+        # reads them). Standalone, checkpoint/ keeps the last epoch's weights under their own name.
+        # (Not with EMA: the best weights are then the average's, and training resumes from the raw ones.)
+        last_is_best = self.tune and self.ema is None and self.best_state is not None and self.best_epoch == self.current_epoch
+        self.torch.save({**self._state(), "last_is_best": last_is_best}, directory / STATE_FILE)
+        if not last_is_best:
+            save_file(_contiguous(self.model.state_dict()), directory / LAST_WEIGHTS)
         if self.best_state is not None:
             save_file(_contiguous(self.best_state), directory / BEST_WEIGHTS)
         (directory / "model.json").write_text(json.dumps(self._model_info(), indent=1))
@@ -520,9 +528,17 @@ class _Run:
             directory = self.out_dir / "checkpoint"
         if directory is None:
             return
+        if not (directory / STATE_FILE).is_file():
+            # A trial that had ended and dropped its resume state (search.keep), restarted because the driver
+            # died before Tune saved that it ended: train it again from the start rather than fail.
+            if tmp_ctx is not None:
+                tmp_ctx.__exit__(None, None, None)
+            print(f"[medsweep] {directory} holds no resume state (the trial had ended); training from epoch 0")
+            return
         try:
             state = _load_state(self.torch, directory / STATE_FILE, device=self.device)
-            self.model.load_state_dict(load_file(directory / LAST_WEIGHTS, device=str(self.device)))
+            last = directory / (BEST_WEIGHTS if state.get("last_is_best") else LAST_WEIGHTS)
+            self.model.load_state_dict(load_file(last, device=str(self.device)))
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
@@ -577,12 +593,38 @@ class _Run:
     def _finish(self) -> None:
         from safetensors.torch import save_file
 
-        if self.best_state is not None:
+        # Under Tune the best weights are in the trial's checkpoint already (the ensemble reads them there);
+        # a second copy in the trial folder would double the disk a sweep leaves.
+        if self.best_state is not None and not self.tune:
             save_file(_contiguous(self.best_state), self.out_dir / BEST_WEIGHTS)
         (self.out_dir / "model.json").write_text(json.dumps(self._model_info(), indent=1))
         if not (self.out_dir / "predictions_val.parquet").is_file() and self.best_state is not None:
             self.eval_model.load_state_dict(self.best_state)
             self._write_predictions(self.predict("val")[0])
+
+
+def drop_resume_state(checkpoint: str | os.PathLike[str]) -> int:
+    """Delete what only resuming a checkpoint needs (optimizer, scheduler, RNG state, the latest weights),
+    keeping the best weights, ``model.json`` and the predictions; returns the bytes freed.
+
+    For trials that ended (finished or pruned): nothing resumes them, and the resume state is most of
+    their disk.
+
+    Example:
+        >>> drop_resume_state("runs/cxr/trial_1a2b3c4d/checkpoint_000005")   # doctest: +SKIP
+        254000000
+    """
+    folder = Path(checkpoint)
+    freed = 0
+    if (folder / BEST_WEIGHTS).is_file():  # a checkpoint without best weights keeps its last ones (nothing else to use)
+        for name in RESUME_FILES:
+            path = folder / name
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                continue
+    return freed
 
 
 def predictions_frame(ds: Dataset, split: str, probs: np.ndarray):

@@ -37,12 +37,15 @@ def test_throughput_quick_measures_every_part(tmp_path):
     assert ray["sum_trial_s"] > 0 and ray["ratio"] == pytest.approx(ray["sweep_wall_s"] / ray["ideal_s"], rel=2e-2)
     bundle = result["bundle"]
     assert len(bundle["members"]) >= 2 and bundle["bundle_images_per_s"] > 0 and bundle["ratio"] > 0
+    epoch = result["epoch"]  # end to end: a whole trial epoch under Tune against a bare train-and-evaluate epoch
+    assert epoch["trial_median_s"] > 0 and epoch["bare_median_s"] > 0 and epoch["epochs_counted"] >= 1
+    assert epoch["ratio"] == pytest.approx(epoch["bare_median_s"] / epoch["trial_median_s"], rel=2e-2)
     onnx = result["onnx"]  # the same bundle as one ONNX graph, side by side with Bundle.predict_proba
     assert onnx["onnx_images_per_s"] > 0 and onnx["bundle_images_per_s"] > 0 and onnx["images"] == bundle["images"]
     assert onnx["max_abs_diff"] < 1e-4 and onnx["export_check_max_abs_diff"] < 1e-4
     gpu = result["gpu"]  # on this CPU machine: the same code at 32 px (--gpu-smoke)
     assert gpu["raw_images_per_s"] > 0 and gpu["trainable_images_per_s"] > 0 and set(gpu["sharing"]) == {"1", "2"}
-    for part in ("trainable:", "pipeline:", "ray:", "bundle:", "onnx:", "gpu:"):
+    for part in ("trainable:", "epoch:", "pipeline:", "ray:", "bundle:", "onnx:", "gpu:"):
         assert part in stdout
 
 
@@ -132,3 +135,19 @@ def test_baseline_quick_scores_its_top_trials_on_test(tmp_path):
             assert 0.0 <= lo <= hi <= 1.0
     assert result["top3_mean_probs"]["accuracy_ci95"][0] <= result["top3_mean_probs"]["accuracy"] <= result["top3_mean_probs"]["accuracy_ci95"][1]
     assert "top-2 mean of probabilities" in stdout and "top-2 mean of metrics" in stdout
+
+
+@needs_medmnist
+def test_scale_quick_times_the_stacker_and_measures_disk_and_report(tmp_path):
+    stdout, result = _bench("scale.py", out=tmp_path / "scale.json")
+    rows = result["stacker"]["rows"]
+    assert [(r["members"], r["rows"], r["labels"]) for r in rows] == [(5, 1000, 14), (10, 1000, 14)]
+    assert all(r["fit_s"] > 0 and 0.5 < r["test_auroc"] <= 1.0 for r in rows)
+    disk = result["disk"]  # a 2-trial sweep of spaces/cxr.yaml with a tiny model
+    assert disk["trials"] == 2 and disk["trials_mb"] > 0 and disk["total_mb"] >= disk["trials_mb"] * 0.5
+    assert disk["per_trial_mb"] == pytest.approx(disk["trials_mb"] / 2, abs=0.1)
+    assert "MB on disk" in disk["sweep"]["summary_line"]
+    report = result["report"]
+    assert report["median_s"] > 0 and report["grad_cam_images"] >= 2 and report["size_kb"] > 10
+    for part in ("stacker:", "disk:", "report:"):
+        assert part in stdout

@@ -73,3 +73,28 @@ def test_a_temporary_folder_of_a_killed_export_is_cleaned_up(fitted, bundle_copy
     (stale / "half.safetensors").write_bytes(b"x")
     export_bundle(sel, ens, out=bundle_copy, n_boot=20)
     assert not stale.exists()
+
+
+def test_float16_member_weights_halve_the_bundle_and_keep_the_predictions(fitted, sweep, tmp_path):
+    """ensemble.weights_dtype: float16 stores members in half precision; the members still run in float32."""
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from ensemble import load
+
+    sel, ens = fitted
+    full = export_bundle(sel, ens, out=tmp_path / "f32")
+    half_sel = dataclasses.replace(sel, settings=dataclasses.replace(sel.settings, weights_dtype="float16"))
+    half = export_bundle(half_sel, ens, out=tmp_path / "f16")
+    size = lambda b: sum(p.stat().st_size for p in (b / "members").glob("*.safetensors"))  # noqa: E731
+    assert size(half) < 0.6 * size(full)
+    with safe_open(str(next((half / "members").glob("*.safetensors"))), framework="pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+    images = sorted(str(p) for p in Path(sweep.images).rglob("*.png"))[:24]
+    a, b = load(full, device="cpu").predict_proba(images), load(half, device="cpu").predict_proba(images)
+    assert np.abs(a - b).max() < 1e-3
+    verify_bundle(half)

@@ -133,6 +133,7 @@ def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
         ({"max_per_backbone": 0}, r"ensemble\.max_per_backbone: must be an integer >= 1"),
         ({"metric": "auc"}, r"Unknown metric 'auc'.*valid: auroc, log_loss, accuracy"),
         ({"threshold": "best"}, r"ensemble\.threshold: Unknown threshold 'best'; valid: youden, argmax"),
+        ({"weights_dtype": "fp16"}, r"ensemble\.weights_dtype: Unknown weights_dtype 'fp16'.*valid: float32, float16"),
     ],
 )
 def test_the_ensemble_section_is_checked(raw, match):

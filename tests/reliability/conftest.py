@@ -168,12 +168,13 @@ class Stopped:
 
 
 def trial_state(trial_dir: Path) -> list[tuple[str, int]]:
-    """What a trial that ran again would change: its checkpoints (names, state.pt times).
+    """What a trial that ran again would change: its checkpoints (names, model.json times; every checkpoint
+    writes one, and unlike state.pt it stays when the trial ends and drops its resume state).
 
     Not progress.csv: Tune writes it in a staging folder and copies it into the run folder, so a
     driver killed mid-copy leaves it short (the experiment state and the checkpoints are whole).
     """
-    return sorted((p.parent.name, p.stat().st_mtime_ns) for p in trial_dir.glob("checkpoint_*/state.pt"))
+    return sorted((p.parent.name, p.stat().st_mtime_ns) for p in trial_dir.glob("checkpoint_*/model.json"))
 
 
 def cmdline(pid: int) -> str:

@@ -1,6 +1,6 @@
 """Trials that fail: a NaN loss stops its trial at once as ``diverged``, a trial that raises is recorded as
-``errored`` with its reason, the sweep goes on; each trial keeps only its best and last checkpoint, and
-the leaderboard says how much disk the sweep takes."""
+``errored`` with its reason, the sweep goes on; each trial keeps only its last checkpoint (the best weights
+in it, the resume state dropped once the trial ended), and the leaderboard says how much disk the sweep takes."""
 
 from __future__ import annotations
 
@@ -82,17 +82,24 @@ def test_a_trial_that_raises_is_errored_with_its_reason(faulty):
     assert f"{row['trial_id']} errored after 0 epochs: " in stdout
 
 
-def test_only_the_best_and_the_last_checkpoint_are_kept(faulty):
+def test_only_the_last_checkpoint_is_kept_with_the_best_weights_and_no_resume_state(faulty):
+    import json
+
+    from safetensors.torch import load_file
+
     run_dir, _, _, board = faulty
     row = board[board["status"] == "finished"].iloc[0]
     trial = run_dir / f"trial_{row['trial_id']}"
     kept = sorted(p.name for p in trial.glob("checkpoint_*"))
     history = pd.read_csv(trial / "progress.csv")
-    assert len(history) == 3 and 1 <= len(kept) <= 2, kept
-    assert kept[-1] == "checkpoint_000002"  # the last epoch's, to resume from
-    best = {f"checkpoint_{e - 1:06d}" for e in history.loc[history["val_auroc"] == history["val_auroc"].max(), "epoch"]}
-    assert best & set(kept), (best, kept)  # the best epoch's (any of a tie), for the ensemble
-    assert Path(row["checkpoint"]).name in kept
+    assert len(history) == 3 and kept == ["checkpoint_000002"], kept  # the last epoch's: it carries the best along
+    ckpt = trial / kept[0]
+    assert Path(row["checkpoint"]) == ckpt
+    # The trial ended: no optimizer state and no latest weights (search.keep: best), its best weights stay.
+    assert sorted(p.name for p in ckpt.iterdir()) == ["best.safetensors", "model.json", "predictions_test.parquet", "predictions_val.parquet"]
+    best_epochs = set(history.loc[history["val_auroc"] == history["val_auroc"].max(), "epoch"])
+    assert json.loads((ckpt / "model.json").read_text())["best_epoch"] in best_epochs
+    assert load_file(ckpt / "best.safetensors")
 
 
 def test_the_leaderboard_reports_the_disk_a_sweep_uses(faulty):

@@ -115,6 +115,7 @@ def test_search_section_becomes_a_frozen_search_config(tmp_path):
     assert (cfg.sampler.type, cfg.sampler.seed) == ("nsga2", 3)
     assert (cfg.scheduler.type, cfg.scheduler.max_t, cfg.scheduler.grace_period, cfg.scheduler.reduction_factor) == ("asha", 6, 2, 3)
     assert (cfg.resources.cpu, cfg.resources.gpu) == (2, 0.25)
+    assert cfg.keep == "best" and load_space(write(tmp_path, SEARCH.replace("n_trials: 12", "n_trials: 12\n  keep: all"))).search.keep == "all"
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.n_trials = 3
 
@@ -159,6 +160,7 @@ WHEN_ERRORS = [
     ("n_trials: 12", "n_trials: 2.5", r"search\.n_trials: `n_trials` must be an integer >= 1( \(or null\))?, got 2\.5"),
     ("max_concurrent: 2", "max_concurrent: -1", r"search\.max_concurrent: `max_concurrent` must be an integer >= 1 \(or null\)"),
     ("time_budget_s: 600", "time_budget_s: 0", r"search\.time_budget_s: `time_budget_s` must be a number > 0"),
+    ("time_budget_s: 600", "time_budget_s: 600\n  keep: bestt", r"search\.keep: must be one of best, weights, all, got 'bestt'; did you mean 'best'"),
     ("cpu: 2", "cpus: 2", r"search\.resources\.cpus: unknown key 'cpus' in resources; did you mean 'cpu'\?"),
     ("metric: val_auprc", "metric: auprc", r"search\.metric: the trainable does not report 'auprc'; did you mean 'val_auprc'"),
     ("metric: val_auprc", "metric: val_auroc\n  mode: maximize", r"search\.mode: must be max or min, got 'maximize'"),

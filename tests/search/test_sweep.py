@@ -102,6 +102,39 @@ def test_finished_trials_leave_predictions_and_scores(sweep):
     assert ok["best"].is_monotonic_decreasing
 
 
+def test_ended_trials_keep_predictions_and_the_ensembles_weights_not_resume_state(sweep):
+    """search.keep: best (the default): no trial that ended keeps optimizer state or its latest weights; the
+    trials the ensemble uses keep their best weights, the others only predictions; disk_mb counts what is left."""
+    import json
+
+    run_dir, _, stdout, _ = sweep
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    ok = board[board["status"].isin(["finished", "pruned"])]
+    members = {m["trial_id"] for m in json.loads((run_dir / "ensemble" / "manifest.json").read_text())["members"]}
+    assert members and members <= set(ok["trial_id"])
+    for _, row in ok.iterrows():
+        trial = Path(row["path"])
+        assert len(list(trial.glob("checkpoint_*"))) == 1  # the latest only: it carries the best weights along
+        assert not list(trial.rglob("state.pt")) and not list(trial.rglob("model.safetensors"))
+        assert (Path(row["checkpoint"]) / "best.safetensors").is_file() == (row["trial_id"] in members)
+        assert Path(row["predictions_val"]).is_file() and (Path(row["checkpoint"]) / "model.json").is_file()
+        on_disk = sum(f.stat().st_size for f in trial.rglob("*") if f.is_file()) / 1e6
+        assert row["disk_mb"] == pytest.approx(on_disk, rel=1e-6)
+    assert f"{board['disk_mb'].sum():.1f} MB on disk" in stdout
+
+
+def test_keep_all_keeps_the_state_to_resume_from(images, ray_session, tmp_path):
+    out = tmp_path / "runs"
+    argv = [str(SMOKE), "--set", f"data.root={images}", "--set", f"data.cache_dir={images.parent / 'cache'}", "--out", str(out),
+            "--set", "search.keep=all", "--set", "search.n_trials=2", "--no-ensemble", "--no-report"]
+    rc, stdout, _ = run_main(argv)
+    assert rc == 0, stdout
+    board = pd.read_parquet(out / "smoke" / "leaderboard.parquet")
+    assert set(board["status"]) <= {"finished", "pruned"} and len(board) == 2
+    for _, row in board.iterrows():
+        assert (Path(row["checkpoint"]) / "state.pt").is_file() and (Path(row["checkpoint"]) / "best.safetensors").is_file()
+
+
 def test_what_a_person_sees(sweep):
     _, _, stdout, _ = sweep
     lines = stdout.splitlines()
