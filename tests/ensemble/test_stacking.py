@@ -472,7 +472,7 @@ def test_multilabel_stacking_at_scale_is_fast_and_as_good_as_per_label_sklearn()
         Q = np.clip(Q, 1e-7, 1 - 1e-7)
         return np.log(Q) - np.log1p(-Q)
 
-    logistic = StackingEnsemble(task="multi-label", combiners=("logistic",), temperature=False).fit(Pv, yv)
+    logistic = StackingEnsemble(task="multi-label", combiners=("logistic",), temperature=False, class_bias=False).fit(Pv, yv)
     C = logistic.settings_["C"]
     ref = np.empty(yt.shape)
     for j in range(14):
