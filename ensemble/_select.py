@@ -262,15 +262,24 @@ def select_members(
     mode = str(search.get("mode") or "max")
     notes: list[str] = []
     candidates = []
+    weightless = 0
     for row in board.to_dict("records"):
         if row.get("status") not in USABLE_STATUS:
             continue
         best = _float(row.get("best"))
         folder = _member_folder(row, run_dir)
         if folder is None:
-            notes.append(f"trial {row['trial_id']}: no folder with {', '.join(MEMBER_FILES)}; left out")
+            if _member_folder(row, run_dir, files=MEMBER_FILES[1:]) is not None:
+                weightless += 1  # predictions without weights: `search.keep: best` kept only the ensemble's
+            else:
+                notes.append(f"trial {row['trial_id']}: no folder with {', '.join(MEMBER_FILES)}; left out")
             continue
         candidates.append((row, best, folder))
+    if weightless:
+        notes.append(
+            f"{weightless} trial(s) kept their predictions but not their weights (search.keep: best keeps the "
+            "ensemble's members' only; search.keep: weights keeps every trial's): passed over"
+        )
     # Best first by the sweep metric (NaN last); ties by trial id, so the choice is reproducible.
     sign = -1.0 if mode == "max" else 1.0
     candidates.sort(key=lambda c: (math.isnan(c[1]), sign * c[1] if not math.isnan(c[1]) else 0.0, str(c[0]["trial_id"])))
@@ -458,7 +467,7 @@ def _rebased(path: str | None, run_dir: Path) -> Path | None:
     return None
 
 
-def _member_folder(row: Mapping[str, Any], run_dir: Path) -> Path | None:
+def _member_folder(row: Mapping[str, Any], run_dir: Path, *, files: tuple[str, ...] = MEMBER_FILES) -> Path | None:
     """The trial's best checkpoint when it holds every member file, else its trial folder, else None.
 
     Weights and predictions must come from one folder: a checkpoint's ``best.safetensors`` is the
@@ -466,7 +475,7 @@ def _member_folder(row: Mapping[str, Any], run_dir: Path) -> Path | None:
     """
     for key in ("checkpoint", "path"):
         folder = _rebased(row.get(key), run_dir)
-        if folder is not None and all((folder / name).is_file() for name in MEMBER_FILES):
+        if folder is not None and all((folder / name).is_file() for name in files):
             return folder
     return None
 

@@ -253,8 +253,9 @@ def test_bad_data_and_space_files(case, tmp_path, no_home_cache):
 # ----------------------------------------------------------------- sweeps and bundles (need a finished sweep)
 
 
-def top_k_too_large(run_dir, tmp):
-    return "build", [str(run_dir), "--top-k", "99", "--out", str(tmp / "b")], str(run_dir), "top_k", "--top-k 4"
+def bad_selection(run_dir, tmp):
+    # (A top_k above the usable trials is no longer an error: the ensemble takes all of them, with a warning.)
+    return "build", [str(run_dir), "--selection", "topk", "--out", str(tmp / "b")], str(run_dir), "--selection", "top_k"
 
 
 def _bundle(run_dir: Path, tmp: Path) -> Path:
@@ -293,7 +294,7 @@ def bundle_path_outside(run_dir, tmp):
     return "predict", _predict(b, run_dir), "manifest.json", "../evil.safetensors", "folder"
 
 
-SWEEP_CASES = {f.__name__: f for f in (top_k_too_large, bundle_missing_file, bundle_altered_file, bundle_path_outside)}
+SWEEP_CASES = {f.__name__: f for f in (bad_selection, bundle_missing_file, bundle_altered_file, bundle_path_outside)}
 
 
 @pytest.mark.ray
