@@ -23,12 +23,12 @@ _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 def backbone_stages(backbone: nn.Module) -> list[list[str]]:
     """Parameter names of the backbone's stages, bottom (stem) first."""
-    from timm.models._manipulate import group_with_matcher
+    from timm.models import group_parameters
 
     named = list(backbone.named_parameters())
     try:
         matcher = backbone.group_matcher(coarse=True)
-        groups = group_with_matcher(named, matcher, return_values=False, reverse=False)
+        groups = group_parameters(backbone, matcher, return_values=False, reverse=False)
         stages = [list(groups[k]) for k in sorted(groups)]
         stages = [s for s in stages if s]
     except (AttributeError, NotImplementedError, TypeError):
@@ -104,19 +104,18 @@ def create_optimizer(
     """
     if name not in OPTIMIZERS:
         raise ConfigError(f"Unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}", field="optimizer")
+    from timm.optim import param_groups_weight_decay
+
     # Every group schedules from the same base (``initial_lr``, which timm's schedulers keep if set);
     # ``lr_scale`` then gives the backbone its multiple of the head's rate at every step, warm-up included.
-    groups = [
-        {"params": list(model.head.parameters()), "lr": lr, "initial_lr": lr, "lr_scale": 1.0, "name": "head", "base_scale": 1.0},
-        {
-            "params": list(model.backbone.parameters()),
-            "lr": lr * backbone_lr_mult,
-            "initial_lr": lr,
-            "lr_scale": backbone_lr_mult,
-            "name": "backbone",
-            "base_scale": backbone_lr_mult,
-        },
-    ]
+    # Each part is split by timm's ``param_groups_weight_decay``: norm weights and biases (1-d tensors)
+    # take no weight decay, as in timm's own training recipes.
+    groups = []
+    for part, scale in (("head", 1.0), ("backbone", backbone_lr_mult)):
+        for group in param_groups_weight_decay(getattr(model, part), weight_decay=weight_decay):
+            if group["params"]:
+                group.update(lr=lr * scale, initial_lr=lr, lr_scale=scale, name=part, base_scale=scale)
+                groups.append(group)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     if name == "adam":

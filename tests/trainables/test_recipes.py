@@ -78,8 +78,24 @@ def test_backbone_lr_multiplier_survives_a_schedule(tiny_data, tmp_path):
     run = make_run(tiny_data, tmp_path, epochs=3, lr=1e-3, backbone_lr_mult=0.25, warmup_epochs=1)
     for step in (1, 5, 20):
         run.sched.step_update(num_updates=step)
-        head, back = (g["lr"] for g in run.opt.param_groups)
-        assert back == pytest.approx(head * 0.25)
+        lrs = {g["name"]: g["lr"] for g in run.opt.param_groups}
+        assert lrs["backbone"] == pytest.approx(lrs["head"] * 0.25)
+        # every group of a part (with and without weight decay) is on the same rate
+        assert all(g["lr"] == pytest.approx(lrs[g["name"]]) for g in run.opt.param_groups)
+
+
+def test_weight_decay_spares_norm_weights_and_biases(tiny_data, tmp_path):
+    run = make_run(tiny_data, tmp_path, epochs=1, weight_decay=0.05)
+    decayed = {id(p) for g in run.opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    spared = {id(p) for g in run.opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    named = dict(run.model.named_parameters())
+    assert spared and decayed
+    for name, p in named.items():
+        if p.ndim <= 1 or name.endswith(".bias"):
+            assert id(p) in spared, name
+        else:
+            assert id(p) in decayed, name
+    assert {g["weight_decay"] for g in run.opt.param_groups if g["weight_decay"] > 0} == {0.05}
 
 
 def test_finetune_lr_applies_after_unfreezing(tiny_data, tmp_path):
