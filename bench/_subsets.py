@@ -4,6 +4,11 @@ A variant is named ``<dataset>`` (the whole file) or ``<dataset>-<n_train>`` (a 
 has 500 training images stratified by class, a validation split cut to the same fraction of the original
 (about 67 of PneumoniaMNIST's 524; small real sets have 78-120), and the official test split whole.
 
+A size above the train split's (``bloodmnist-30000``) grows it instead, standing in for a large set: the
+pool is the train images under the 8 rotations and flips of the square (label-preserving for blood cells,
+a stand-in only for radiographs), ``n_train`` of them are drawn stratified, and val and test are whole.
+It has as many training arrays as a large set and costs as much to train on, but fewer independent images.
+
 Bench scripts load this file by path (bench/ is not a package, and bench/ast.py shadows the stdlib's ``ast``)::
 
     spec = importlib.util.spec_from_file_location("_subsets", Path(__file__).with_name("_subsets.py"))
@@ -87,8 +92,10 @@ def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, va
     arrays: dict[str, np.ndarray] = {}
     with np.load(src_npz) as z:
         y_train = z["train_labels"].reshape(len(z["train_labels"]), -1)[:, 0]
+        if len(y_train) < n_train <= 8 * len(y_train):
+            return _grow(z, dst_npz, n_train=n_train, rng=rng)
         if not 0 < n_train < len(y_train):
-            raise ValueError(f"n_train must be in (0, {len(y_train)}) for {src_npz}, got {n_train}")
+            raise ValueError(f"n_train must be in (0, {len(y_train)}) to cut or up to {8 * len(y_train)} to grow {src_npz}, got {n_train}")
         ratio = n_train / len(y_train) if val_ratio is None else val_ratio
         if not 0 < ratio <= 1:
             raise ValueError(f"val_ratio must be in (0, 1], got {ratio}")
@@ -102,6 +109,34 @@ def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, va
                 n = max(n, int(np.minimum(np.unique(flat, return_counts=True)[1], MIN_PER_CLASS).sum()))
                 keep = stratified_indices(flat, n, rng)
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[keep], labels[keep]
+    return _write(dst_npz, arrays)
+
+
+def _dihedral(images: np.ndarray, k: int) -> np.ndarray:
+    """The ``k``-th (0-7) rotation/flip of the square of ``images`` (N, H, W[, C])."""
+    out = np.rot90(images, k % 4, axes=(1, 2))
+    return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
+
+
+def _grow(z, dst_npz: str | Path, *, n_train: int, rng: np.random.Generator) -> dict:
+    """Write a train split of ``n_train`` drawn from the 8 rotations/flips of ``z``'s train split; val, test whole."""
+    images, labels = z["train_images"], z["train_labels"]
+    pool_labels = np.concatenate([labels] * 8)
+    flat = pool_labels.reshape(len(pool_labels), -1)[:, 0]
+    keep = stratified_indices(flat, n_train, rng)
+    copy, index = np.divmod(keep, len(labels))
+    train = np.empty((n_train, *images.shape[1:]), dtype=images.dtype)
+    for k in range(8):
+        sel = copy == k
+        if sel.any():
+            train[sel] = _dihedral(images[index[sel]], k)
+    arrays = {"train_images": train, "train_labels": pool_labels[keep]}
+    for split in ("val", "test"):
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = z[f"{split}_images"], z[f"{split}_labels"]
+    return _write(dst_npz, arrays)
+
+
+def _write(dst_npz: str | Path, arrays: dict[str, np.ndarray]) -> dict:
     dst = Path(dst_npz)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(dst.name + ".tmp")

@@ -118,10 +118,25 @@ def subsample(src: Path, dst: Path, fraction: float, seed: int = 0) -> None:
     np.savez(dst, **arrays)
 
 
-def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path) -> dict:
-    """One sweep + ensemble through the CLI; returns wall time and the ensemble's metrics."""
-    sets = [f"data.root={data_root}"] + (QUICK_SETS if quick else []) + extra_sets
-    cmd = [sys.executable, "-m", "search.run", SPACES[dataset], "--out", str(out_dir)] + (["--no-report"] if quick else [])
+def zero_config_file(dataset: str, *, name: str, data_root: Path, path: Path) -> Path:
+    """A space file with only ``data:`` (and a name), as a new user writes one: the shipped default sweep runs."""
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {"source": "medmnist", "dataset": dataset, "size": 28, "root": str(data_root)}
+    path.write_text(yaml.safe_dump({"name": name.replace("#", "-"), "data": data}, sort_keys=False))
+    return path
+
+
+def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path,
+              space_file: Path | None = None) -> dict:
+    """One sweep + ensemble through the CLI; returns wall time and the ensemble's metrics.
+
+    ``space_file`` (a data-only file, ``--zero-config``) replaces the shipped space of ``dataset``.
+    """
+    sets = ([] if space_file else [f"data.root={data_root}"]) + (QUICK_SETS if quick else []) + extra_sets
+    space = str(space_file) if space_file else SPACES[dataset]
+    cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir)] + (["--no-report"] if quick else [])
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd[1:]), flush=True)
@@ -189,6 +204,7 @@ def summarise(dataset: str, res: dict) -> dict:
             if f"test.{who}.at_threshold.{k}" in m:
                 row[f"{who}_{k}_at_threshold"] = m[f"test.{who}.at_threshold.{k}"]
     row["members"] = len([k for k in m if k.startswith("test.members.") and k.endswith(".auroc")])
+    dataset = dataset.split("#")[0]  # a repeat (--repeats) is checked as its dataset
     base = dataset.split("-")[0]
     # The published rows are for the full files; a cut variant is only compared with the baseline.
     got = {"auroc": row.get("ensemble_auroc"), "accuracy": row.get("ensemble_accuracy")}
@@ -206,8 +222,9 @@ def compare(row: dict, baseline: dict | None) -> dict:
         for k, got in (("auroc", got_auc), ("accuracy", got_acc)):
             t = baseline["top3_mean_of_metrics"][k]
             checks[f"{k} >= baseline top-3 mean"] = {"target": t, "got": got, "met": got is not None and got >= t}
-    base = row["dataset"].split("-")[0]
-    if row["dataset"] == base and base in PUBLISHED:
+    name = row["dataset"].split("#")[0]
+    base = name.split("-")[0]
+    if name == base and base in PUBLISHED:
         auc, acc = PUBLISHED[base]["ResNet-18 (28)"]
         checks["auroc >= ResNet-18 (28)"] = {"target": auc, "got": got_auc, "met": got_auc is not None and got_auc >= auc}
         checks["accuracy >= ResNet-18 (28)"] = {"target": acc, "got": got_acc, "met": got_acc is not None and got_acc >= acc}
@@ -217,6 +234,22 @@ def compare(row: dict, baseline: dict | None) -> dict:
     if used is not None:
         checks["budget used >= 0.90"] = {"target": 0.9, "got": used, "met": used >= 0.9}
     return checks
+
+
+def spreads(rows: list[dict]) -> dict:
+    """Per dataset run more than once (``--repeats``): each run's ensemble test AUROC / accuracy and their range."""
+    out = {}
+    for d in dict.fromkeys(r["dataset"].split("#")[0] for r in rows):
+        same = [r for r in rows if r["dataset"].split("#")[0] == d]
+        if len(same) < 2:
+            continue
+        auc = [r.get("ensemble_auroc") for r in same]
+        acc = [r.get("ensemble_accuracy") for r in same]
+        if None in auc or None in acc:
+            continue
+        out[d] = {"runs": len(same), "auroc": [round(a, 4) for a in auc], "accuracy": [round(a, 4) for a in acc],
+                  "auroc_range": max(auc) - min(auc), "accuracy_range": max(acc) - min(acc)}
+    return out
 
 
 def _ci(v) -> str:
@@ -274,6 +307,10 @@ def main(argv=None) -> int:
                         help="run the baseline at the same time as medsweep's sweep (each with its own Ray and half the "
                         "machine), so both see the same load; default one after the other")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra search.run --set (every space)")
+    parser.add_argument("--zero-config", action="store_true",
+                        help="run a space file with only `data:` (the shipped default sweep) instead of spaces/cxr.yaml / blood.yaml")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run medsweep this many times on each dataset (the baseline once) and print the spread")
     parser.add_argument("--keep", default=None, help="keep the run folders here (default: a temporary folder)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "quality.json"))
     args = parser.parse_args(argv)
@@ -282,6 +319,8 @@ def main(argv=None) -> int:
     make_variants, parse_variant = subsets.make_variants, subsets.parse_variant
 
     datasets = [d for d in args.datasets.split(",") if d]
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
     for d in datasets:
         base, _ = parse_variant(d)
         if base not in SPACES:
@@ -294,22 +333,26 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows, raw = [], {}
     budget_sets = [] if args.quick else [f"search.time_budget_s={args.budget}"]
+    runs = [d if r == 0 else f"{d}#{r + 1}" for d in datasets for r in range(args.repeats)]
     with one_ray():
-        for d in datasets:
-            base, _ = parse_variant(d)
+        for d in runs:
+            base, _ = parse_variant(d.split("#")[0])
             if args.quick:
                 root = work / "data" / d
                 subsample(shared_dir() / f"{base}.npz", root / f"{base}.npz", 0.1)
             else:
-                root = Path(make_variants(work / "data", [d], src_dir=shared_dir(), seed=args.seed)[d])
+                v = d.split("#")[0]
+                root = Path(make_variants(work / "data", [v], src_dir=shared_dir(), seed=args.seed)[v])
+            repeat = "#" in d  # the seeded baseline is run once per dataset
             side = None
-            if args.parallel and not args.no_baseline:
+            if args.parallel and not args.no_baseline and not repeat:
                 env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not this one's slots
                 cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--npz", str(root / f"{base}.npz"), "--seed", str(args.seed),
                        "--name", d, "--out", str(work / f"baseline_{d}.json")] + (["--quick"] if args.quick else ["--budget", str(args.budget)])
                 side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)
+            space_file = zero_config_file(base, name=d, data_root=root, path=work / f"{d}.yaml") if args.zero_config else None
             res = run_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + args.sets,
-                            log=work / f"{d}.log")
+                            log=work / f"{d}.log", space_file=space_file)
             if not args.quick:
                 res["budget_used"] = round(res["wall_s"] / args.budget, 3)
             raw[d] = res
@@ -319,14 +362,22 @@ def main(argv=None) -> int:
                 b = json.loads((work / f"baseline_{d}.json").read_text())
                 row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
                                                      "trials_started", "trials_full_length", "trial_epochs") if k in b}
-            elif not args.no_baseline:
+            elif not args.no_baseline and not repeat:
                 b = _sibling("baseline").run_baseline(root / f"{base}.npz", budget_s=None if args.quick else args.budget, seed=args.seed,
                                  quick=args.quick, name=d, n_boot=200 if args.quick else 1000)
                 row["baseline"] = {k: b[k] for k in ("top3_mean_of_metrics", "top3_mean_probs", "wall_s", "budget_used",
                                                      "trials_started", "trials_full_length", "trial_epochs") if k in b}
+            else:
+                first = next((r for r in rows if r["dataset"] == d.split("#")[0]), None)
+                if first and "baseline" in first:
+                    row["baseline"] = first["baseline"]
             row["checks"] = compare(row, row.get("baseline"))
             rows.append(row)
     print(table(rows))
+    spread = spreads(rows)
+    for d, sp in spread.items():
+        print(f"\n{d}: spread over {sp['runs']} runs: test AUROC {sp['auroc']}, range {sp['auroc_range']:.4f}; "
+              f"accuracy {sp['accuracy']}, range {sp['accuracy_range']:.4f}")
     result = {
         "mode": "quick" if args.quick else "full",
         "date": time.strftime("%Y-%m-%d"),
@@ -334,6 +385,8 @@ def main(argv=None) -> int:
         "budget_s": None if args.quick else args.budget,
         "load_avg_1min_end": round(os.getloadavg()[0], 2),
         "rows": rows,
+        "spread": spread,
+        "zero_config": args.zero_config,
         "runs": {d: {k: v for k, v in r.items() if k != "metrics"} for d, r in raw.items()},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -92,3 +92,21 @@ def test_parse_variant_rejects_bad_names(bad):
 def test_cut_rejects_n_train_out_of_range(npz, tmp_path):
     with pytest.raises(ValueError, match="n_train must be in"):
         subsets.cut(npz, tmp_path / "a.npz", n_train=1000, seed=0)
+    with pytest.raises(ValueError, match="to grow"):
+        subsets.cut(npz, tmp_path / "a.npz", n_train=8001, seed=0)
+
+
+def test_a_size_above_the_train_split_grows_it_by_rotations_and_flips(npz, tmp_path):
+    sizes = subsets.cut(npz, tmp_path / "g.npz", n_train=3000, seed=0)
+    assert sizes == {"train": 3000, "val": 200, "test": 90}
+    with np.load(tmp_path / "g.npz") as z, np.load(npz) as src:
+        assert np.bincount(z["train_labels"][:, 0]).tolist() == [2400, 450, 150]  # stratified
+        np.testing.assert_array_equal(z["val_images"], src["val_images"])
+        # every grown image is one of the 8 rotations/flips of a source image of the same class
+        originals = {}
+        for img, y in zip(src["train_images"], src["train_labels"][:, 0]):
+            for k in range(8):
+                originals[subsets._dihedral(img[None], k)[0].tobytes()] = int(y)
+        got = [originals.get(img.tobytes()) for img in z["train_images"]]
+        assert got == z["train_labels"][:, 0].tolist()
+        assert len({img.tobytes() for img in z["train_images"]}) == 3000  # drawn without replacement
