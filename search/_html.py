@@ -174,18 +174,11 @@ def param_importances(board: Any, space: Mapping[str, Any], *, mode: str = "max"
         ValueError: fewer than two usable trials, or no parameter that varied.
     """
     import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    specs = space.get("space") or {}
-    dists: dict[str, Any] = {}
-    for name, spec in specs.items():
-        kind = spec.get("type")
-        if kind == "categorical":
-            dists[name] = CategoricalDistribution(list(spec["choices"]))
-        elif kind == "int":
-            dists[name] = IntDistribution(int(spec["low"]), int(spec["high"]), log=bool(spec.get("log")), step=int(spec.get("step") or 1))
-        elif kind == "float":
-            dists[name] = FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log")), step=spec.get("step"))
+    from ._space import space_params
+
+    # The same Param objects (Optuna distributions) the sweep's sampler drew from.
+    dists = {name: p.distribution for name, p in space_params(space).items()}
     usable = board[board["status"].isin(["finished", "pruned"]) & board["best"].notna()]
     trials = []
     for _, row in usable.iterrows():

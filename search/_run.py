@@ -52,12 +52,8 @@ class DefineByRun:
 
 
 def suggest(trial: Any, p: Param) -> Any:
-    """Draw one parameter with Optuna's ``suggest_*`` (log and step as the space file says)."""
-    if p.type == "categorical":
-        return trial.suggest_categorical(p.name, list(p.choices))
-    if p.type == "int":
-        return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
-    return trial.suggest_float(p.name, float(p.low), float(p.high), step=p.step, log=p.log)
+    """Draw one parameter with Optuna's ``suggest_*`` from its distribution (log and step as the space file says)."""
+    return p.suggest(trial)
 
 
 def trial_constants(space: Space) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from trainables._cache import DataConfig
 from trainables._errors import ConfigError, check_keys, did_you_mean
@@ -88,17 +89,59 @@ SCHEDULER_KEYS = {
 
 @dataclass(frozen=True)
 class Param:
-    """One searched dimension, in Optuna's vocabulary."""
+    """One searched dimension: an Optuna distribution, plus ``default`` and a ``when`` condition.
+
+    The distribution is what the sampler draws from (``suggest``) and what the report's importances
+    are computed over, so both read one object.
+
+    Example:
+        >>> from optuna.distributions import FloatDistribution
+        >>> Param("lr", FloatDistribution(1e-4, 1e-2, log=True)).default_value()
+        0.001
+    """
 
     name: str
-    type: str
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] = ()
+    distribution: BaseDistribution
     default: Any = None
     when: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def type(self) -> str:
+        """``categorical``, ``int`` or ``float`` (the space file's ``type``)."""
+        if isinstance(self.distribution, CategoricalDistribution):
+            return "categorical"
+        return "int" if isinstance(self.distribution, IntDistribution) else "float"
+
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        return tuple(getattr(self.distribution, "choices", ()))
+
+    @property
+    def low(self) -> float | int | None:
+        return getattr(self.distribution, "low", None)
+
+    @property
+    def high(self) -> float | int | None:
+        return getattr(self.distribution, "high", None)
+
+    @property
+    def log(self) -> bool:
+        return bool(getattr(self.distribution, "log", False))
+
+    @property
+    def step(self) -> float | int | None:
+        step = getattr(self.distribution, "step", None)
+        # An IntDistribution always has a step (1 unless set); the file's form leaves the 1 out.
+        return None if isinstance(self.distribution, IntDistribution) and step == 1 else step
+
+    def suggest(self, trial: Any) -> Any:
+        """Draw this parameter in a define-by-run Optuna ``trial`` (Optuna's ``suggest_*``)."""
+        d = self.distribution
+        if isinstance(d, CategoricalDistribution):
+            return trial.suggest_categorical(self.name, list(d.choices))
+        if isinstance(d, IntDistribution):
+            return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
+        return trial.suggest_float(self.name, d.low, d.high, step=d.step, log=d.log)
 
     def default_value(self) -> Any:
         """``default`` if given, else the first choice, else the (log-)midpoint snapped to the grid."""
@@ -666,6 +709,16 @@ def _mapping(value: Any, origin: str, field_name: str) -> dict[str, Any]:
     return dict(value)
 
 
+def space_params(raw: Mapping[str, Any], *, origin: str = "space.yaml") -> dict[str, Param]:
+    """The searched parameters of a space in its YAML form (a run's ``space.yaml``), as ``Param``s.
+
+    Example:
+        >>> space_params({"space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})["lr"].log
+        True
+    """
+    return {name: _param(name, spec, origin) for name, spec in _mapping(raw.get("space"), origin, "space").items()}
+
+
 def _param(name: str, spec: Any, origin: str) -> Param:
     where = f"space.{name}"
     if not isinstance(spec, dict):
@@ -723,28 +776,26 @@ def _param(name: str, spec: Any, origin: str) -> Param:
         default = spec.get("default")
         if default is not None and default not in choices:
             raise ConfigError(f"default {default!r} is not among the choices {choices}", origin=origin, field=f"{where}.default")
-        return Param(name=name, type=kind, choices=tuple(choices), default=default, when=when)
+        return Param(name=name, distribution=CategoricalDistribution(choices), default=default, when=when)
     for key in ("low", "high"):
         value = spec.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"`{key}` must be a number, got {value!r}", origin=origin, field=f"{where}.{key}")
-    low, high = spec["low"], spec["high"]
-    if not low <= high:
-        raise ConfigError(f"`low <= high` must hold, but got low={low!r}, high={high!r}; swap them", origin=origin, field=where)
-    log = bool(spec.get("log", False))
     step = spec.get("step")
-    if log and low <= 0:
-        raise ConfigError(f"`low` must be > 0 when log: true, got {low!r}", origin=origin, field=f"{where}.low")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float))):
         raise ConfigError(f"`step` must be a number > 0, got {step!r}", origin=origin, field=f"{where}.step")
-    if log and step is not None:
-        raise ConfigError("`step` and `log: true` cannot be combined (Optuna's rule); drop one", origin=origin, field=f"{where}.step")
+    low, high, log = spec["low"], spec["high"], bool(spec.get("log", False))
+    try:  # Optuna's own rules for a range (low <= high, low > 0 on a log scale, step > 0 and not with log)
+        if kind == "int":
+            dist: BaseDistribution = IntDistribution(int(low), int(high), log=log, step=1 if step is None else int(step))
+        else:
+            dist = FloatDistribution(float(low), float(high), log=log, step=step)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (Optuna's rule for a {kind} parameter); fix the range", origin=origin, field=where) from None
     default = spec.get("default")
     if default is not None and not (low <= default <= high):
         raise ConfigError(f"default {default!r} is outside [{low}, {high}]", origin=origin, field=f"{where}.default")
-    if kind == "int":
-        low, high = int(low), int(high)
-    return Param(name=name, type=kind, low=low, high=high, log=log, step=step, default=default, when=when)
+    return Param(name=name, distribution=dist, default=default, when=when)
 
 
 def _check_conditions(params: Mapping[str, Param], fixed: Mapping[str, Any], origin: str) -> None:
