@@ -33,25 +33,6 @@ PARAM_KEYS = {
     "int": {"type", "low", "high", "log", "step", "default", "when"},
     "categorical": {"type", "choices", "default", "when"},
 }
-# What ``trainables.train`` reports every epoch (see ``_Run.run``); a search metric must be one of them.
-REPORTED_METRICS = (
-    "val_auroc",
-    "val_accuracy",
-    "val_auprc",
-    "val_loss",
-    "best_score",
-    "train_loss",
-    "train_images_per_s",
-    "train_seconds",
-    "epoch_seconds",
-    # Reported by AST runs (activation_rate < 1) only:
-    "compute_savings",
-    "energy_savings",
-    "energy_joules",
-    "ast_activation_rate",
-)
-# Per-class keys: ``val_sensitivity/pneumonia``, ``val_specificity/normal``, ``val_auroc/effusion`` (multi-label).
-PER_CLASS_METRIC = re.compile(r"^val_(sensitivity|specificity|auroc)/.+$")
 # Comparisons a ``when:`` condition may use besides a value or a list of values.
 WHEN_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 SEARCH_KEYS = (
@@ -891,16 +872,14 @@ def _condition_order(params: Mapping[str, Param], origin: str) -> list[str]:
 
 
 def check_metric(metric: Any, *, origin: str, field: str) -> str:
-    """A metric the trainable reports every epoch, or a one-line error listing them."""
-    import trainables
+    """A metric the trainable reports every epoch (``trainables.METRICS``), or a one-line error listing them."""
+    from trainables import METRICS, metric_mode
 
-    extra = tuple(getattr(trainables, "REPORTED_METRICS", ()))  # if the trainable ever publishes its list
-    valid = REPORTED_METRICS + tuple(m for m in extra if m not in REPORTED_METRICS)
-    if isinstance(metric, str) and (metric in valid or PER_CLASS_METRIC.match(metric)):
+    if isinstance(metric, str) and metric_mode(metric) is not None:
         return metric
     raise ConfigError(
-        f"the trainable does not report {metric!r}{did_you_mean(str(metric), valid)}; "
-        f"use one of {', '.join(valid)}, or a per-class key like val_sensitivity/<class>",
+        f"the trainable does not report {metric!r}{did_you_mean(str(metric), METRICS)}; "
+        f"use one of {', '.join(METRICS)}, or a per-class key like val_sensitivity/<class>",
         origin=origin,
         field=field,
     )
@@ -927,7 +906,9 @@ def _check_select_metric(fixed: Mapping[str, Any], params: Mapping[str, Param], 
 
 
 def _default_mode(metric: str) -> str:
-    return "min" if metric.endswith(("loss", "seconds", "joules")) else "max"
+    from trainables import metric_mode
+
+    return metric_mode(metric) or "max"
 
 
 def _number(

@@ -8,7 +8,7 @@ from ._errors import ConfigError
 from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
 from ._losses import LOSSES, create_loss
-from ._metrics import compute_metrics
+from ._metrics import METRICS, compute_metrics, metric_mode
 from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
@@ -20,10 +20,7 @@ from ._volumes import NiftiSource
 from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
 
 # Reported besides search's own list: volume-level metrics of data with ``pool: mean | max``.
-REPORTED_METRICS = ("val_volume_auroc", "val_volume_accuracy", "val_volume_auprc")
-
 __all__ = [
-    "REPORTED_METRICS",
     "AUGMENT_LEVELS",
     "ASTController",
     "CSVSource",
@@ -35,6 +32,7 @@ __all__ = [
     "FolderSource",
     "HEADS",
     "LOSSES",
+    "METRICS",
     "MedMNISTSource",
     "NiftiSource",
     "OPTIMIZERS",
@@ -57,6 +55,7 @@ __all__ = [
     "drop_resume_state",
     "load_dataset",
     "measure_speed",
+    "metric_mode",
     "mix_batch",
     "open_cached",
     "pool_by_group",

@@ -3,8 +3,46 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
+
+# What a trial reports every epoch (``trainables.train``) and which way is better: the one list a space's
+# `search.metric`, `objectives` and `select_metric` are checked against. A sweep's `mode` defaults to it.
+METRICS: dict[str, str] = {
+    "val_auroc": "max",
+    "val_accuracy": "max",
+    "val_auprc": "max",
+    "val_loss": "min",
+    "best_score": "max",  # the best `select_metric` so far (higher is better by definition)
+    "train_loss": "min",
+    "train_images_per_s": "max",
+    "train_seconds": "min",
+    "epoch_seconds": "min",
+    # Volume-level pooling (data.pool_by), one prediction per volume or patient:
+    "val_volume_auroc": "max",
+    "val_volume_accuracy": "max",
+    "val_volume_auprc": "max",
+    # Adaptive Sparse Training (activation_rate < 1) only:
+    "compute_savings": "max",
+    "energy_savings": "max",
+    "energy_joules": "min",
+    "ast_activation_rate": "max",  # a target, not an objective; max as Tune would default
+}
+# Per-class keys: ``val_sensitivity/pneumonia``, ``val_specificity/normal``, ``val_auroc/effusion`` (multi-label).
+PER_CLASS_METRIC = re.compile(r"^val_(sensitivity|specificity|auroc)/.+$")
+
+
+def metric_mode(name: str) -> str | None:
+    """``"max"`` or ``"min"``: which way ``name`` is better; ``None`` if the trainable does not report it.
+
+    Example:
+        >>> metric_mode("val_loss"), metric_mode("val_sensitivity/pneumonia"), metric_mode("val_aurco")
+        ('min', 'max', None)
+    """
+    if name in METRICS:
+        return METRICS[name]
+    return "max" if PER_CLASS_METRIC.match(name) else None
 
 
 def compute_metrics(
