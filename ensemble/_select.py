@@ -27,7 +27,8 @@ USABLE_STATUS = ("finished", "pruned")
 MEMBER_FILES = ("best.safetensors", "model.json", "predictions_val.parquet", "predictions_test.parquet")
 # How members are picked from the usable trials (EnsembleSettings.selection).
 SELECTIONS = ("greedy", "top_k")
-# Greedy selection stops when the best addition lowers the averaged members' metric by more than this.
+# Greedy selection: a change of the averaged members' metric within this is noise (a small validation
+# split moves AUROC by more than this between near-equal models); the log loss decides there.
 _STOP_DROP = 0.01
 # Sweep metric -> the stacking's CV metric (StackingEnsemble.metric).
 _METRIC_OF_SWEEP = {"val_auroc": "auroc", "val_accuracy": "accuracy", "val_loss": "log_loss"}
@@ -306,7 +307,8 @@ def select_members(
         notes.append(f"only {available} usable trial(s){cap}, fewer than top_k {k}: the ensemble takes all of them")
         warnings.warn(f"ensemble: only {available} usable trial(s), fewer than top_k {k}; using all of them")
         k = available
-    greedy = settings.selection == "greedy" and available > k
+    # Forward selection also when the sweep left no more trials than top_k: it may stop before taking them all.
+    greedy = settings.selection == "greedy" and available > 1
     chosen = chosen[: max(k, settings.pool)] if greedy else chosen[:k]
 
     members: list[Member] = []
@@ -387,9 +389,9 @@ def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, 
 
     Starts from the best member by the sweep metric (``members[0]``); each step adds the candidate whose
     addition gives the best ``metric`` of the averaged validation probabilities, log loss breaking ties
-    (AUROC saturates on small validation splits). A step that lowers the primary metric by more
-    than ``_STOP_DROP`` and raises the log loss ends the selection: averaging in a clearly weaker model
-    is not free.
+    (AUROC saturates on small validation splits). The selection ends at the first step that neither
+    raises the primary metric by more than ``_STOP_DROP`` nor keeps it within ``_STOP_DROP`` while
+    lowering the log loss: averaging in a weaker model is not free.
     """
     from ._metrics import LOWER_IS_BETTER, score
 
@@ -414,9 +416,12 @@ def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, 
                 best_i, best_q = i, q
         if best_i is None:
             break
-        # Averaging in one more model rarely hurts unseen data even when a small validation split says it
-        # does (its noise is larger than the change); only a clear drop of the primary metric ends it.
-        if best_q[0] < current[0] - _STOP_DROP and best_q[1] < current[1]:
+        # A member joins when it clearly raises the metric, or keeps it (within the noise of a small
+        # validation split, where AUROC saturates) and lowers the log loss. A weak member that leaves a
+        # saturated AUROC where it was but makes the average less sure of the right class stays out: on
+        # held-out data such a member lowered the ensemble below its best member.
+        gain = best_q[0] - current[0]
+        if not (gain > _STOP_DROP or (gain >= -_STOP_DROP and best_q[1] > current[1])):
             break
         picked.append(best_i)
         total += members[best_i].val

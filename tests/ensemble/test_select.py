@@ -90,6 +90,32 @@ def test_greedy_selection_passes_over_a_copy_of_a_member_for_one_that_errs_elsew
     assert [m.trial_id for m in chosen] == ["a"]
 
 
+def test_greedy_selection_leaves_out_a_weak_member_that_a_saturated_auroc_does_not_see():
+    from ensemble._metrics import score
+    from ensemble._select import _STOP_DROP, _forward_select
+
+    # A small validation split where the best member's AUROC is near 1: averaging in a weak, unsure member
+    # leaves the AUROC about where it was but raises the log loss, so it must stay out.
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 70)
+    def probs(z):
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([1 - p, p], 1)
+    strong = probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
+    weak = probs(0.3 * (2 * y - 1) + rng.normal(0, 0.8, 70))
+    both = (strong + weak) / 2
+    drop = score(strong, y, task="binary", metric="auroc") - score(both, y, task="binary", metric="auroc")
+    assert drop <= _STOP_DROP  # the AUROC alone would not keep it out
+    assert score(both, y, task="binary", metric="log_loss") > score(strong, y, task="binary", metric="log_loss")
+    chosen, _ = _forward_select([_member("strong", strong), _member("weak", weak)], y, task="binary", k=5, metric="auroc")
+    assert [m.trial_id for m in chosen] == ["strong"]
+    # ...while a second strong member with its own errors, which lowers the log loss, joins.
+    other = probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
+    chosen, _ = _forward_select([_member("strong", strong), _member("weak", weak), _member("other", other)], y,
+                                task="binary", k=5, metric="auroc")
+    assert [m.trial_id for m in chosen] == ["strong", "other"]
+
+
 @pytest.mark.ray
 def test_members_whose_predictions_cover_other_samples_are_refused(sweep, tmp_path):
     run = copy_run(sweep.run_dir, tmp_path / "run")
