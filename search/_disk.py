@@ -53,6 +53,7 @@ class KeepCallback(Callback):
 def saved_trial_states(run_dir: Path) -> dict[str, str]:
     """Trial id -> status in Tune's newest saved experiment state (what a resumed sweep starts from)."""
     # One file per driver session, named by its start time: the newest name is the one Tune restores.
+    # Not by mtime: each background sync rewrites every file in the folder within the same millisecond.
     states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
     if not states:
         return {}

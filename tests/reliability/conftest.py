@@ -4,7 +4,6 @@ driver leaves behind)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Sequence
 
 import pytest
+
+from search._disk import saved_trial_states  # the one the sweep reads (a test of its own package may use it)
 
 from .._images import write_class_folders
 
@@ -55,21 +56,6 @@ def start(argv: Sequence[str], log: Path, **kwargs) -> subprocess.Popen:
 
 def tail(log: Path, n: int = 4000) -> str:
     return log.read_text(errors="replace")[-n:] if log.is_file() else ""
-
-
-def saved_trial_states(run_dir: Path) -> dict[str, str]:
-    """Trial id -> status in Tune's latest saved experiment state (what ``--resume`` will see)."""
-    # One file per driver session, named by its start time; the newest name is the one Tune restores.
-    # Not by mtime: each background sync rewrites every file in the folder within the same millisecond.
-    states = sorted(run_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
-    if not states:
-        return {}
-    try:
-        data = json.loads(states[-1].read_text())
-        trials = [json.loads(t) for t, _ in data["trial_data"]]
-    except (OSError, ValueError, KeyError, TypeError):  # caught mid-write: read again next poll
-        return {}
-    return {t["trial_id"]: t["status"] for t in trials}
 
 
 def wait_until(predicate, *, timeout: float, every: float = 0.1, what: str = "") -> None:
