@@ -472,9 +472,13 @@ def _keep(frame: Any, space: Space, run_dir: str) -> Any:
     members = None
     if keep == "best":
         try:  # the trials the ensemble can use: the ones `ensemble.build` would choose with the space's settings
+            import warnings
+
             from ensemble import select_members
 
-            members = [m.trial_id for m in select_members(run_dir).members]
+            with warnings.catch_warnings():  # the ensemble step selects again and says it once
+                warnings.simplefilter("ignore", UserWarning)
+                members = [m.trial_id for m in select_members(run_dir).members]
         except ConfigError:
             members = None  # nothing to stack (or bad settings the ensemble step reports): every weight stays
     freed = keep_what_was_asked(frame, run_dir, keep=keep, members=members)
