@@ -59,7 +59,10 @@ WAYS = {
     "random_full": ["search.sampler.type=random", "search.scheduler=fifo"],
 }
 # Three sweeps one after the other: 4 epochs per trial keeps the full run near 30 minutes on 2 cores.
-FULL_SETS = ["epochs=4", "search.scheduler.max_t=4"]
+# The shipped default sizes trials from a time budget; this bench compares the ways at one trial count instead
+# (14 trials of at most 4 epochs, ASHA grace 1), so every way gets the same trials to spend, not the same seconds.
+FULL_SETS = ["epochs=4", "search.scheduler.max_t=4", "search.scheduler.grace_period=1", "search.n_trials=14",
+             "search.time_budget_s=null"]
 QUICK_SETS = ["search.n_trials=3", "epochs=2", "search.scheduler.max_t=2", "search.scheduler.reduction_factor=2",
               "backbone=resnet18"]
 
