@@ -441,7 +441,8 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
     res["ratio"] = round(res["trainable_images_per_s"] / res["raw_images_per_s"], 3)
     print(f"gpu: {res['device']}, {backbone} {image_size} px AMP: raw {res['raw_images_per_s']} img/s, "
           f"trainable {res['trainable_images_per_s']} img/s, ratio {res['ratio']}", flush=True)
-    del run, model, opt
+    del run
+    model = opt = None  # frees the device memory before the sharing runs (a `del` would unbind raw_epoch's cells)
 
     # Several trials on one device: separate processes, as Tune runs them with fractional GPUs.
     sharing = {}

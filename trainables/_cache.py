@@ -289,7 +289,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             out = open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, channels))
             ok = np.ones(n, dtype=bool)
 
-            def work(i: int) -> None:
+            def work(i: int, out=out, ok=ok, sp=sp, split=split) -> None:  # binds this split's arrays
                 try:
                     out[i] = _prepare(sp.read(i), size=size, channels=channels, preprocess=preprocess)
                 except Exception as exc:  # noqa: BLE001 - every failure is listed, none crashes training

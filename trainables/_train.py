@@ -328,7 +328,7 @@ class _Run:
         joules0 = self.energy.read_joules()
         self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        for i, (images, labels) in enumerate(self._train_batches()):
+        for images, labels in self._train_batches():
             x, y = self._to_input(images), self._target(labels)
             if mixing:
                 x, y = mix_batch(x, y, num_classes=self.ds.num_classes, multilabel=self.ds.multilabel,

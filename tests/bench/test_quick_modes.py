@@ -54,7 +54,7 @@ def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
     stdout, result = _bench("quality.py", out=tmp_path / "quality.json")
     rows = {r["dataset"]: r for r in result["rows"]}
     assert set(rows) == {"pneumoniamnist", "bloodmnist"}
-    for ds, row in rows.items():
+    for row in rows.values():
         for who in ("ensemble", "best_single"):
             assert 0.0 <= row[f"{who}_auroc"] <= 1.0 and 0.0 <= row[f"{who}_accuracy"] <= 1.0
         assert all(t["met"] == (t["got"] >= t["target"]) for t in row["targets"].values())
@@ -79,7 +79,7 @@ def test_search_efficiency_quick_traces_three_ways(tmp_path):
     rows = {r["way"]: r for r in result["per_seed"]["0"]}
     assert set(rows) == {"tpe_asha", "random_asha", "random_full"}
     assert rows["random_full"]["trial_epochs"] == 3 * 2  # no pruning: every trial runs every epoch
-    for way, pts in result["curves"]["0"].items():
+    for pts in result["curves"]["0"].values():
         epochs, best = zip(*pts)
         assert list(epochs) == list(range(1, len(pts) + 1)) and list(best) == sorted(best)  # cumulative, monotone
     full = rows["random_full"]

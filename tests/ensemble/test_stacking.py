@@ -424,7 +424,7 @@ def test_class_offsets_restore_argmax_accuracy_for_the_validation_mix():
     Pv, yv, Pt, yt = P[:, :600], y[:600], P[:, 600:], y[600:]
     plain = StackingEnsemble(task="binary", combiners=("mean",), class_bias=False).fit(Pv, yv)
     shifted = StackingEnsemble(task="binary", combiners=("mean",)).fit(Pv, yv)
-    acc = lambda e: float((e.predict_proba(Pt).argmax(1) == yt).mean())
+    acc = lambda e: float((e.predict_proba(Pt).argmax(1) == yt).mean())  # noqa: E731
     majority = max(yt.mean(), 1 - yt.mean())
     assert acc(plain) + 0.03 < acc(shifted) and acc(shifted) > majority + 0.03
     assert shifted.class_bias_[0] == 0.0 and shifted.class_bias_[1] < -1.0  # log(0.15/0.85) ~ -1.7, plus noise
