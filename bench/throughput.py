@@ -145,7 +145,7 @@ def part_epoch(args, tmp: Path, rounds: int) -> dict:
     import torch
     from ray import tune
 
-    from trainables import train
+    from trainables import TUNE_KEY, train
     from trainables._cache import DataConfig, load_dataset
     from trainables._model import create_model
 
@@ -154,7 +154,7 @@ def part_epoch(args, tmp: Path, rounds: int) -> dict:
         data = {**data, "root": str(_subsampled(Path(data["root"]), tmp / "epoch-data")), "cache_dir": str(tmp / "epoch-cache")}
     epochs = rounds + 1  # the first epoch (start-up, first checkpoint) is not counted
     config = {"backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": epochs,
-              "image_size": 28, "seed": 0, "data": data}
+              "image_size": 28, "seed": 0, "data": data, TUNE_KEY: True}
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
