@@ -300,6 +300,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             else:
                 for i in range(n):
                     work(i)
+            del work  # its defaults hold the memmap, which `del out` below must release before the file is rewritten
             out.flush()
             kept[split] = ok
             if not ok.all():
