@@ -19,11 +19,6 @@ from packaging.utils import canonicalize_name
 
 from ._images import write_class_folders
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
-
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("trainables", "search", "ensemble", "spaces")
 LINTED = ("trainables", "search", "ensemble", "bench", "tests")
@@ -71,6 +66,10 @@ def _third_party_imports() -> dict[str, list[tuple[str, bool]]]:
 
 
 def test_every_third_party_import_is_declared():
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {canonicalize_name(Requirement(r).name) for r in project["dependencies"]}
     # A lazy import (inside a function) may come from an extra; `test` is not one a user installs for a feature.
