@@ -349,7 +349,7 @@ def main(argv=None) -> int:
                 env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray, not this one's slots
                 cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--npz", str(root / f"{base}.npz"), "--seed", str(args.seed),
                        "--name", d, "--out", str(work / f"baseline_{d}.json")] + (["--quick"] if args.quick else ["--budget", str(args.budget)])
-                side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)
+                side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child holds the log
             space_file = zero_config_file(base, name=d, data_root=root, path=work / f"{d}.yaml") if args.zero_config else None
             res = run_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + args.sets,
                             log=work / f"{d}.log", space_file=space_file)

@@ -145,7 +145,7 @@ def part_epoch(args, tmp: Path, rounds: int) -> dict:
     import torch
     from ray import tune
 
-    from trainables import train
+    from trainables import TUNE_KEY, train
     from trainables._cache import DataConfig, load_dataset
     from trainables._model import create_model
 
@@ -154,7 +154,7 @@ def part_epoch(args, tmp: Path, rounds: int) -> dict:
         data = {**data, "root": str(_subsampled(Path(data["root"]), tmp / "epoch-data")), "cache_dir": str(tmp / "epoch-cache")}
     epochs = rounds + 1  # the first epoch (start-up, first checkpoint) is not counted
     config = {"backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads, "epochs": epochs,
-              "image_size": 28, "seed": 0, "data": data}
+              "image_size": 28, "seed": 0, "data": data, TUNE_KEY: True}
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=args.threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
@@ -441,7 +441,8 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
     res["ratio"] = round(res["trainable_images_per_s"] / res["raw_images_per_s"], 3)
     print(f"gpu: {res['device']}, {backbone} {image_size} px AMP: raw {res['raw_images_per_s']} img/s, "
           f"trainable {res['trainable_images_per_s']} img/s, ratio {res['ratio']}", flush=True)
-    del run, model, opt
+    del run
+    model = opt = None  # frees the device memory before the sharing runs (a `del` would unbind raw_epoch's cells)
 
     # Several trials on one device: separate processes, as Tune runs them with fractional GPUs.
     sharing = {}

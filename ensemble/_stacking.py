@@ -696,7 +696,7 @@ def _batched_mlp(Z: np.ndarray, w: np.ndarray, t: np.ndarray, alphas: list[float
         best_loss = torch.full((G,), math.inf)
         best = [p.detach().clone() for p in params]
         stale = torch.zeros(G, dtype=torch.long)
-        for epoch in range(_ML_MLP_MAX_EPOCHS):
+        for _epoch in range(_ML_MLP_MAX_EPOCHS):
             perm = torch.from_numpy(train[rng.permutation(len(train))])
             for b in range(0, len(perm), batch):
                 rows = perm[b : b + batch]

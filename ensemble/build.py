@@ -68,45 +68,45 @@ def build_ensemble(
     from ._stacking import StackingEnsemble
 
     say = echo or (lambda _: None)
-    selection = select_members(run_dir, top_k=top_k, max_per_backbone=max_per_backbone, selection=selection)
-    s = selection.settings
-    for note in selection.notes:
+    chosen = select_members(run_dir, top_k=top_k, max_per_backbone=max_per_backbone, selection=selection)
+    s = chosen.settings
+    for note in chosen.notes:
         say(f"ensemble: note: {note}")
-    ids = ", ".join(f"{m.trial_id} ({m.backbone}, {selection.metric} {m.val_score:.4f})" for m in selection.members)
-    say(f"ensemble: {len(selection.members)} of {selection.n_available} usable trials: {ids}")
+    ids = ", ".join(f"{m.trial_id} ({m.backbone}, {chosen.metric} {m.val_score:.4f})" for m in chosen.members)
+    say(f"ensemble: {len(chosen.members)} of {chosen.n_available} usable trials: {ids}")
     ensemble = StackingEnsemble(
-        task=selection.task,
+        task=chosen.task,
         combiners=s.combiners,
         n_folds=s.n_folds,
         mlp_hidden=s.mlp_hidden,
         greedy_rounds=s.greedy_rounds,
         temperature=s.temperature,
         class_bias=s.class_bias,
-        metric=s.stacking_metric(selection.metric),
+        metric=s.stacking_metric(chosen.metric),
         seed=s.seed,
         threshold=s.threshold,
     )
     try:
-        ensemble.fit(selection.P_val, selection.y_val, groups=selection.groups_val)
+        ensemble.fit(chosen.P_val, chosen.y_val, groups=chosen.groups_val)
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(
             f"cannot stack the members' validation predictions: {' '.join(str(exc).split())}; "
             "a larger validation split helps",
-            origin=str(selection.run_dir),
+            origin=str(chosen.run_dir),
         ) from None
     if getattr(ensemble, "temperature_note_", None):
         say(f"ensemble: warning: {ensemble.temperature_note_}")
-    summary = summarise(selection, ensemble, n_boot=n_boot, seed=s.seed)
-    path = export_bundle(selection, ensemble, out=out, summary=summary)
+    summary = summarise(chosen, ensemble, n_boot=n_boot, seed=s.seed)
+    path = export_bundle(chosen, ensemble, out=out, summary=summary)
     say(f"ensemble: combiners by {ensemble.n_folds_}-fold CV on validation ({ensemble.metric}; * = chosen, "
         f"temperature {ensemble.temperature_:.3g}):")
     say(_indent(format_combiners(summary)))
     say("ensemble: test split")
-    say(_indent(format_comparison(summary, task=selection.task)))
+    say(_indent(format_comparison(summary, task=chosen.task)))
     say(f"ensemble: bundle written to {path} (manifest.json, metrics.json, MODEL_CARD.md, members/, report/)")
-    return BuildResult(path=path, selection=selection, ensemble=ensemble, summary=summary)
+    return BuildResult(path=path, selection=chosen, ensemble=ensemble, summary=summary)
 
 
 def _indent(text: str) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ._progress import error_line, is_diverged, trial_max_epochs
 from ._space import Space
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built: the annotations only name it
+    import pandas as pd
 
 # Tune's trial states to the leaderboard's.
 _STATUS = {"ERROR": "errored", "RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}

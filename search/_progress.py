@@ -46,9 +46,9 @@ def error_line(error: Any) -> str:
 
 def trial_error(trial: Any) -> str:
     """The one-line error of a failed trial, read from the files Tune wrote next to it."""
-    import cloudpickle
+    import pickle  # Tune writes it with its cloudpickle, whose files plain pickle reads
 
-    for attr, read in (("pickled_error_file", lambda f: cloudpickle.load(f)), ("error_file", lambda f: f.read().decode())):
+    for attr, read in (("pickled_error_file", lambda f: pickle.load(f)), ("error_file", lambda f: f.read().decode())):
         path = getattr(trial, attr, None)
         try:
             with open(path, "rb") as f:

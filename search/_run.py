@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from trainables import ConfigError, TrainParams
+from trainables import TUNE_KEY, ConfigError, TrainParams
 
 from ._space import Param, SamplerConfig, SchedulerConfig, Space
 
@@ -551,7 +551,7 @@ def build_tuner(
     cfg = space.search
     multi = cfg.multi_objective
     searcher = OptunaSearch(
-        space=DefineByRun(space.ordered_params(), constants),
+        space=DefineByRun(space.ordered_params(), {**constants, TUNE_KEY: True}),  # the trainable reports to Tune
         metric=[o.metric for o in cfg.objectives] if multi else cfg.metric,
         mode=[o.mode for o in cfg.objectives] if multi else cfg.mode,
         sampler=create_sampler(cfg.sampler, n_trials=cfg.n_trials),

@@ -18,9 +18,10 @@ from ._dicom import DicomSource
 from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._volumes import NiftiSource
 from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
+from ._params import TUNE_KEY
 
-# Reported besides search's own list: volume-level metrics of data with ``pool: mean | max``.
 __all__ = [
+    "TUNE_KEY",
     "AUGMENT_LEVELS",
     "ASTController",
     "CSVSource",

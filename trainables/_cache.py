@@ -8,7 +8,6 @@ renamed into place, so concurrent trials build it once and never see half a cach
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
+from filelock import FileLock
 
 from ._errors import ConfigError
 from ._sources import SPLITS, SourceIndex, create_source
@@ -214,13 +214,10 @@ def load_dataset(
     key = _cache_key(data, size, preprocess)
     final = root / key
     if not (final / "meta.json").is_file():
-        with open(root / f"{key}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not (final / "meta.json").is_file():
-                    _build(data, size, final, preprocess=preprocess, verbose=verbose)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        # filelock, not fcntl: the same exclusive lock on Windows too (fcntl would fail to import there).
+        with FileLock(root / f"{key}.lock"):
+            if not (final / "meta.json").is_file():
+                _build(data, size, final, preprocess=preprocess, verbose=verbose)
     return _open(final)
 
 
@@ -289,7 +286,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             out = open_memmap(tmp / f"{split}_images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, channels))
             ok = np.ones(n, dtype=bool)
 
-            def work(i: int) -> None:
+            def work(i: int, out=out, ok=ok, sp=sp, split=split) -> None:  # binds this split's arrays
                 try:
                     out[i] = _prepare(sp.read(i), size=size, channels=channels, preprocess=preprocess)
                 except Exception as exc:  # noqa: BLE001 - every failure is listed, none crashes training
@@ -303,6 +300,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
             else:
                 for i in range(n):
                     work(i)
+            del work  # its defaults hold the memmap, which `del out` below must release before the file is rewritten
             out.flush()
             kept[split] = ok
             if not ok.all():

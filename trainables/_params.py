@@ -8,8 +8,11 @@ from typing import Any, Mapping
 
 from ._errors import ConfigError, did_you_mean
 
+# Set (True) in the config of a trial that Ray Tune runs: the trainable then reports to Tune and writes into
+# the trial's folder. Standalone runs leave it out. Explicit, because Ray's own test for a session is private.
+TUNE_KEY = "_tune"
 # Keys of Tune's config that are not training parameters.
-META_KEYS = ("data", "_origin", "_out_dir", "_resume")
+META_KEYS = ("data", "_origin", "_out_dir", "_resume", TUNE_KEY)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ._cache import DataConfig, Dataset, load_dataset
 from ._errors import ConfigError
 from ._groups import pooled_metrics
 from ._metrics import compute_metrics
-from ._params import TrainParams
+from ._params import TUNE_KEY, TrainParams
 
 STATE_FILE = "state.pt"
 LAST_WEIGHTS = "model.safetensors"
@@ -31,20 +31,13 @@ RESUME_FILES = (STATE_FILE, LAST_WEIGHTS)
 DIVERGED_FILE = "diverged.txt"
 
 
-def _in_tune() -> bool:
-    try:
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-    except ImportError:  # pragma: no cover - ray is a dependency, but keep standalone runs independent of it
-        return False
-    return bool(_in_tune_session())
-
-
 def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
     """Train one trial. Ray Tune calls this with a trial's config; it also runs standalone.
 
     ``config`` holds the training parameters (see ``TrainParams``) and ``data`` (the data
-    section of a space file). Under Tune every epoch is reported with ``ray.tune.report``
-    and a checkpoint; standalone, rows go to ``<_out_dir>/metrics.csv`` and the checkpoint to
+    section of a space file). Under Tune (the config holds ``"_tune": True``, ``TUNE_KEY``,
+    which a sweep sets; a Tuner of your own sets it in ``param_space``) every epoch is reported
+    with ``ray.tune.report`` and a checkpoint; standalone, rows go to ``<_out_dir>/metrics.csv`` and the checkpoint to
     ``<_out_dir>/checkpoint/``. Both leave ``predictions_val.parquet`` and
     ``predictions_test.parquet`` of the best validation epoch in the trial directory (and in
     every checkpoint). Standalone it returns the last epoch's metrics row.
@@ -56,7 +49,7 @@ def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
     origin = str(config.get("_origin", "config"))
     params = TrainParams.from_config(config, origin=origin)
     data = DataConfig.from_dict(config.get("data") or {}, origin=origin)
-    tune = _in_tune()
+    tune = bool(config.get(TUNE_KEY, False))
     if tune:
         import ray.tune
 
@@ -328,7 +321,7 @@ class _Run:
         joules0 = self.energy.read_joules()
         self.opt.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        for i, (images, labels) in enumerate(self._train_batches()):
+        for images, labels in self._train_batches():
             x, y = self._to_input(images), self._target(labels)
             if mixing:
                 x, y = mix_batch(x, y, num_classes=self.ds.num_classes, multilabel=self.ds.multilabel,

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             space = size_standalone(space)
         # The same constants a sweep's trials get, so the best epoch is picked by the space's metric.
         config = {**space.defaults(), **trial_constants(space), "_out_dir": args.out, "_resume": args.resume}
-        row = train(config)
+        row = train(config) or {}  # standalone: the last epoch's row (None only under Tune)
     except ConfigError as exc:
         if args.debug:
             raise

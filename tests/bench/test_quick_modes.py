@@ -54,7 +54,7 @@ def test_quality_quick_compares_with_the_medmnist_table(tmp_path):
     stdout, result = _bench("quality.py", out=tmp_path / "quality.json")
     rows = {r["dataset"]: r for r in result["rows"]}
     assert set(rows) == {"pneumoniamnist", "bloodmnist"}
-    for ds, row in rows.items():
+    for row in rows.values():
         for who in ("ensemble", "best_single"):
             assert 0.0 <= row[f"{who}_auroc"] <= 1.0 and 0.0 <= row[f"{who}_accuracy"] <= 1.0
         assert all(t["met"] == (t["got"] >= t["target"]) for t in row["targets"].values())
@@ -79,7 +79,7 @@ def test_search_efficiency_quick_traces_three_ways(tmp_path):
     rows = {r["way"]: r for r in result["per_seed"]["0"]}
     assert set(rows) == {"tpe_asha", "random_asha", "random_full"}
     assert rows["random_full"]["trial_epochs"] == 3 * 2  # no pruning: every trial runs every epoch
-    for way, pts in result["curves"]["0"].items():
+    for pts in result["curves"]["0"].values():
         epochs, best = zip(*pts)
         assert list(epochs) == list(range(1, len(pts) + 1)) and list(best) == sorted(best)  # cumulative, monotone
     full = rows["random_full"]
@@ -103,8 +103,13 @@ def test_ast_quick_writes_time_and_auroc_per_rate(tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = {r["activation_rate"]: r for r in json.loads(out.read_text())["rows"]}
-    assert rows[1.0]["time_vs_dense"] == 1.0
-    assert abs(rows[0.25]["achieved_rate"] - 0.25) < 0.1
+    dense, sparse = rows[1.0], rows[0.25]
+    # The ratio is the sparse rate's epoch time over the dense one's, and backpropagating a quarter of the
+    # samples costs less than all of them (about half in bench/RESULTS.md).
+    assert sparse["time_vs_dense"] == pytest.approx(sparse["epoch_seconds"] / dense["epoch_seconds"], rel=0.02, abs=0.01)
+    assert sparse["time_vs_dense"] < 1.0
+    assert abs(sparse["achieved_rate"] - 0.25) < 0.1
+    assert sparse["samples_backprop_per_epoch"] == pytest.approx(0.25 * 768, rel=0.4)  # quick mode: 768 train images
     assert 0.5 <= rows[1.0]["best_val_auroc"] <= 1.0
     for row in rows.values():  # accuracy beside time, measured at the epoch validation picks
         assert 1 <= row["best_epoch"] <= 2 and 0.0 <= row["val_accuracy"] <= 1.0

@@ -177,14 +177,6 @@ def test_the_ensemble_section_defaults_and_values():
     assert (s.top_k, s.combiners, s.max_per_backbone, s.temperature, s.top_k_set) == (3, ("greedy",), 2, False, True)
 
 
-def test_every_shipped_space_has_a_valid_ensemble_section():
-    from pathlib import Path
-
-    for path in sorted((Path(__file__).resolve().parents[2] / "spaces").glob("*.yaml")):
-        raw = yaml.safe_load(path.read_text()) or {}
-        EnsembleSettings.from_dict(raw.get("ensemble") or {}, origin=str(path))
-
-
 @pytest.mark.ray
 def test_a_trial_stopped_before_its_first_result_is_passed_over(sweep, tmp_path):
     # A time budget can end a trial before it reports: its leaderboard row has no paths (NaN), which

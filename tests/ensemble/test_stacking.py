@@ -382,7 +382,31 @@ def test_youden_threshold_separates_where_sensitivity_plus_specificity_peaks():
     assert stacking.youden_threshold(scores, np.ones_like(y)) == 0.5  # one class: no curve
 
 
-def test_binary_threshold_is_chosen_on_out_of_fold_predictions_and_survives_json():
+def test_binary_threshold_is_chosen_on_out_of_fold_predictions():
+    # Five equally good members shifted apart: one greedy round keeps whichever scores best on the rows it is
+    # fitted on, so a fold's pick can differ from the pick on all rows and the out-of-fold probabilities (and
+    # their Youden cut) differ from the in-sample ones. Each group is one CV fold (5 groups, 5 folds), so the
+    # out-of-fold predictions can be rebuilt here: fit on four groups, predict the fifth.
+    rng = np.random.default_rng(3)
+    n = 200
+    y = (rng.random(n) < 0.5).astype(int)
+    groups = np.arange(n) % 5
+    z = np.stack([(2 * y - 1) + shift + rng.normal(size=n) for shift in (2.0, -2.0, 1.0, -1.0, 0.0)])
+    P = np.stack([1 - _sigmoid(z), _sigmoid(z)], -1)
+    opts = {"task": "binary", "combiners": ("greedy",), "greedy_rounds": 1, "n_folds": 5, "temperature": False,
+            "class_bias": False}
+    ens = StackingEnsemble(**opts).fit(P, y, groups=groups)
+    oof = np.zeros(n)
+    for g in range(5):
+        rest, held = groups != g, groups == g
+        oof[held] = StackingEnsemble(**opts).fit(P[:, rest], y[rest], groups=groups[rest]).predict_proba(P[:, held])[:, 1]
+    in_sample = ens.predict_proba(P)[:, 1]
+    assert np.abs(oof - in_sample).max() > 0.1  # the case has teeth: the two cuts below differ
+    assert abs(stacking.youden_threshold(oof, y) - stacking.youden_threshold(in_sample, y)) > 0.02
+    assert ens.threshold_ == pytest.approx(stacking.youden_threshold(oof, y))
+
+
+def test_binary_threshold_restores_balanced_decisions_and_survives_json():
     # Members that score every sample high (shifted towards the positive class): at 0.5 nearly all is
     # "positive"; the validation-chosen cut restores balanced decisions.
     rng = np.random.default_rng(3)
@@ -424,7 +448,7 @@ def test_class_offsets_restore_argmax_accuracy_for_the_validation_mix():
     Pv, yv, Pt, yt = P[:, :600], y[:600], P[:, 600:], y[600:]
     plain = StackingEnsemble(task="binary", combiners=("mean",), class_bias=False).fit(Pv, yv)
     shifted = StackingEnsemble(task="binary", combiners=("mean",)).fit(Pv, yv)
-    acc = lambda e: float((e.predict_proba(Pt).argmax(1) == yt).mean())
+    acc = lambda e: float((e.predict_proba(Pt).argmax(1) == yt).mean())  # noqa: E731
     majority = max(yt.mean(), 1 - yt.mean())
     assert acc(plain) + 0.03 < acc(shifted) and acc(shifted) > majority + 0.03
     assert shifted.class_bias_[0] == 0.0 and shifted.class_bias_[1] < -1.0  # log(0.15/0.85) ~ -1.7, plus noise

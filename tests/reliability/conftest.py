@@ -4,6 +4,7 @@ driver leaves behind)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,10 +108,8 @@ def wait_gone(pids: set[int], *, timeout: float = 60.0) -> set[int]:
         time.sleep(0.2)
     stragglers = {p for p in pids if alive(p)}
     for p in stragglers:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return stragglers
 
 

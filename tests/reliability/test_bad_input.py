@@ -235,9 +235,9 @@ def check(command, argv, file, field, fix) -> None:
     rc, err = run_cli(command, argv)
     assert rc == 2, err
     assert_one_line_error(err, file, field, fix)
-    with pytest.raises(Exception) as info:  # --debug: the error itself, traceback and all
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            _main(command)(argv + ["--debug"])
+    with (pytest.raises(Exception) as info,  # --debug: the error itself, traceback and all
+          contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())):
+        _main(command)(argv + ["--debug"])
     from trainables import ConfigError
 
     assert isinstance(info.value, ConfigError)

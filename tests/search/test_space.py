@@ -264,6 +264,7 @@ def test_tpe_starts_with_a_quarter_of_the_sweep_at_random(n_trials, given, start
         ("ensemble: {top_k: 0}\n", r"ensemble\.top_k: must be an integer >= 1, got 0"),
         ("ensemble: {topk: 3}\n", r"ensemble\.topk: unknown key 'topk'; did you mean 'top_k'\?"),
         ("ensemble: {selection: best}\n", r"ensemble\.selection: Unknown selection 'best'"),
+        ("ensemble: {combiners: [mean, stack]}\n", r"ensemble\.combiners.*Unknown combiner 'stack'"),
         ("ray: {adress: auto}\n", r"ray\.adress: unknown key 'adress' in ray; did you mean 'address'\?"),
         ("fixed: {epochs: 2, select_metric: val_loss}\n", r"fixed\.select_metric: 'val_loss' cannot pick the best epoch"),
         ("fixed: {epochs: 2, select_metric: val_aucroc}\n", r"fixed\.select_metric: the trainable does not report 'val_aucroc'; did you mean 'val_auroc'"),

@@ -171,7 +171,7 @@ def test_ast_training_backprops_only_selected_samples(tmp_path):
         assert "compute_savings" in sparse and "energy_savings" not in sparse  # nothing measured energy on CPU
 
 
-@pytest.mark.parametrize("name", ["cosine", "onecycle", "plateau", "step", "none"])
+@pytest.mark.parametrize("name", ["cosine", "onecycle", "step", "none"])  # plateau: the test below
 def test_every_scheduler_runs_and_shapes_the_rate(tiny_data, tmp_path, name):
     out = tmp_path / name
     train({**TINY, "epochs": 3, "scheduler": name, "step_epochs": 1, "warmup_epochs": 0, "data": tiny_data, "_out_dir": str(out)})
@@ -182,6 +182,25 @@ def test_every_scheduler_runs_and_shapes_the_rate(tiny_data, tmp_path, name):
         assert lrs == [pytest.approx(3e-3)] * 3
     if name == "onecycle":
         assert lrs[0] < 3e-3  # starts low: warm-up from lr/25
+
+
+def test_plateau_cuts_the_rate_after_patience_epochs_without_improvement(tiny_data, tmp_path, monkeypatch):
+    from trainables import _train as mod
+
+    real = mod.compute_metrics
+
+    def flat(*args, **kwargs):  # validation AUROC never improves after the first epoch
+        return {**real(*args, **kwargs), "val_auroc": 0.75}
+
+    monkeypatch.setattr(mod, "compute_metrics", flat)
+    out = tmp_path / "plateau"
+    train({**TINY, "epochs": 4, "scheduler": "plateau", "plateau_patience": 1, "decay_rate": 0.1, "warmup_epochs": 0,
+           "select_metric": "val_auroc", "data": tiny_data, "_out_dir": str(out)})
+    lrs = [float(r["lr"]) for r in rows(out / "metrics.csv")]  # the rate each epoch trained at
+    # Epoch 1 sets the best, epoch 2 is one epoch without improvement (within patience), epoch 3 a second:
+    # the rate drops by decay_rate from epoch 4 on.
+    assert lrs[:3] == [pytest.approx(3e-3)] * 3
+    assert lrs[3] == pytest.approx(3e-4)
 
 
 def test_warmup_rises_then_cosine_decays(tiny_data, tmp_path):

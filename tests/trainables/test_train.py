@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainables import train
+from trainables import TUNE_KEY, train
 from trainables._train import BEST_WEIGHTS, LAST_WEIGHTS
 
 from .conftest import shared_npz
@@ -128,7 +128,7 @@ def test_under_ray_tune_reports_each_epoch_and_retries_from_checkpoint(tiny_data
 
     tuner = tune.Tuner(
         flaky,
-        param_space={**TINY, "epochs": 2, "data": tiny_data},
+        param_space={**TINY, "epochs": 2, "data": tiny_data, TUNE_KEY: True},
         run_config=tune.RunConfig(
             storage_path=str(tmp_path / "ray"),
             name="t",
