@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainables._errors import ConfigError, cli_error_line, did_you_mean
+from trainables import ConfigError, did_you_mean
+from trainables.cli import cli_errors
 
 __all__ = ["Explanation", "explain", "last_conv_layer", "main"]
 
@@ -188,17 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the members run (default cpu)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors(args.bundle, debug=args.debug) as cli:
         from ._bundle import load
 
         bundle = load(args.bundle, device=args.device)
         exp = explain(bundle, args.image, target=args.target)
         out = save_figure(exp, args.out, member_ids=[m["trial_id"] for m in bundle.members], source=args.image)
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.bundle), file=sys.stderr)
-        return 2
+    if cli.status:
+        return cli.status
     weights = ", ".join(f"{m['trial_id']} {w:.2f}" for m, w in zip(bundle.members, exp.weights))
     print(f"[medsweep] Grad-CAM for class {exp.target} (ensemble p={exp.probs[exp.class_index]:.3f}); "
           f"combined with weights {weights}; written to {out}")

@@ -661,7 +661,7 @@ def _early_end(space: Space, frame: Any, *, seconds: float, trials_budget: float
 def _ensemble_step(run_dir: str) -> int:
     """Stack the sweep's best trials into ``<run_dir>/ensemble``; the leaderboard is written already, so a
     failure here prints one line and sets the exit status, and the sweep's results stay."""
-    from trainables._errors import cli_error_line
+    from trainables.cli import cli_error_line
 
     print(flush=True)
     try:

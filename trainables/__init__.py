@@ -4,7 +4,7 @@ losses, augmentation, staged fine-tuning, Adaptive Sparse Training and metrics."
 from ._ast import ASTController
 from ._augment import AUGMENT_LEVELS, augment_batch, build_augment, mix_batch, preprocess
 from ._cache import DataConfig, Dataset, load_dataset, open_cached
-from ._errors import ConfigError
+from ._errors import ConfigError, check_keys, did_you_mean
 from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
 from ._losses import LOSSES, create_loss
@@ -47,6 +47,7 @@ __all__ = [
     "build_augment",
     "build_classifier",
     "check_backbone",
+    "check_keys",
     "compute_metrics",
     "create_head",
     "create_loss",
@@ -54,6 +55,7 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "create_source",
+    "did_you_mean",
     "drop_resume_state",
     "load_dataset",
     "measure_speed",
