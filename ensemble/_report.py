@@ -212,7 +212,7 @@ def write_report(folder: Path, selection: Selection, summary: Summary) -> list[P
     try:
         import matplotlib
     except ImportError:
-        from trainables._errors import ConfigError
+        from trainables import ConfigError
 
         raise ConfigError("the ensemble report draws its figures with matplotlib, which is not installed: pip install matplotlib") from None
 

@@ -8,7 +8,6 @@ Reads only what a sweep leaves in its run folder: ``leaderboard.parquet``, the r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,14 +16,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from trainables._errors import ConfigError, check_keys, did_you_mean
+from trainables import ConfigError, check_keys, did_you_mean
+from trainables.artifacts import (
+    BEST_WEIGHTS,
+    MEMBER_FILES,
+    PREDICTION_SPLITS,
+    read_model_json,
+    read_predictions,
+)
 
 __all__ = ["ENSEMBLE_KEYS", "EnsembleSettings", "Member", "Selection", "select_members"]
 
 # Leaderboard states whose trials left predictions of their best epoch.
 USABLE_STATUS = ("finished", "pruned")
 # What a member's folder must hold: weights and model description for the bundle, predictions for the fit.
-MEMBER_FILES = ("best.safetensors", "model.json", "predictions_val.parquet", "predictions_test.parquet")
 # How members are picked from the usable trials (EnsembleSettings.selection).
 SELECTIONS = ("greedy", "top_k")
 # Greedy selection stops when the best addition lowers the averaged members' metric by more than this.
@@ -147,7 +152,7 @@ class Member:
 
     @property
     def weights(self) -> Path:
-        return self.folder / "best.safetensors"
+        return self.folder / BEST_WEIGHTS
 
 
 @dataclass
@@ -286,7 +291,7 @@ def select_members(
 
     chosen, per_backbone = [], {}
     for row, best, folder in candidates:
-        model = _read_model_json(folder)
+        model = read_model_json(folder)
         backbone = str(model.get("backbone") or row.get("config/backbone"))
         if settings.max_per_backbone is not None and per_backbone.get(backbone, 0) >= settings.max_per_backbone:
             continue
@@ -323,8 +328,8 @@ def select_members(
                 origin=origin,
             )
         frames = {}
-        for split in ("val", "test"):
-            frames[split] = pd.read_parquet(folder / f"predictions_{split}.parquet")
+        for split in PREDICTION_SPLITS:
+            frames[split] = read_predictions(folder, split)
         if val_ids is None:
             val_ids = _ids(frames["val"], tid, "val")
             test_ids = _ids(frames["test"], tid, "test")
@@ -478,18 +483,6 @@ def _member_folder(row: Mapping[str, Any], run_dir: Path, *, files: tuple[str, .
         if folder is not None and all((folder / name).is_file() for name in files):
             return folder
     return None
-
-
-def _read_model_json(folder: Path) -> dict[str, Any]:
-    path = folder / "model.json"
-    try:
-        model = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"unreadable ({exc}); the trial's checkpoint is damaged: rerun the trial or lower top_k", origin=str(path)) from None
-    missing = [k for k in ("backbone", "num_classes", "in_chans", "image_size", "task", "class_names", "mean", "std") if k not in model]
-    if missing:
-        raise ConfigError(f"lacks {', '.join(missing)}; written by an older trainer? rerun the trial", origin=str(path))
-    return model
 
 
 def _ids(frame: Any, tid: str, split: str) -> list[str]:
