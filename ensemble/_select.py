@@ -19,17 +19,17 @@ import numpy as np
 from trainables import ConfigError, check_keys, did_you_mean
 from trainables.artifacts import (
     BEST_WEIGHTS,
+    LEADERBOARD_PARQUET,
     MEMBER_FILES,
     PREDICTION_SPLITS,
+    USABLE_STATUSES,
+    read_leaderboard,
     read_model_json,
     read_predictions,
 )
 
 __all__ = ["ENSEMBLE_KEYS", "EnsembleSettings", "Member", "Selection", "select_members"]
 
-# Leaderboard states whose trials left predictions of their best epoch.
-USABLE_STATUS = ("finished", "pruned")
-# What a member's folder must hold: weights and model description for the bundle, predictions for the fit.
 # How members are picked from the usable trials (EnsembleSettings.selection).
 SELECTIONS = ("greedy", "top_k")
 # Greedy selection stops when the best addition lowers the averaged members' metric by more than this.
@@ -230,8 +230,6 @@ def select_members(
         >>> sel.P_val.shape          # (members, validation samples, classes)
         (3, 524, 2)
     """
-    import pandas as pd
-
     if "://" in str(run_dir):
         raise ConfigError(
             "the ensemble step reads a local run folder; copy it here first (e.g. `aws s3 sync`) "
@@ -239,7 +237,7 @@ def select_members(
             origin=str(run_dir),
         )
     run_dir = Path(run_dir).expanduser().resolve()
-    board_path = run_dir / "leaderboard.parquet"
+    board_path = run_dir / LEADERBOARD_PARQUET
     if not board_path.is_file():
         what = "no such folder" if not run_dir.is_dir() else "no leaderboard.parquet in it"
         raise ConfigError(f"not a finished sweep ({what}); run python -m search.run SPACE first, or pass its run folder", origin=str(run_dir))
@@ -261,7 +259,7 @@ def select_members(
         settings = dataclasses.replace(settings, selection=selection)
 
     origin = str(run_dir)
-    board = pd.read_parquet(board_path)
+    board = read_leaderboard(run_dir)
     search = space.get("search") or {}
     metric = str(search.get("metric") or (board["metric"].iloc[0] if len(board) and "metric" in board else "val_auroc"))
     mode = str(search.get("mode") or "max")
@@ -269,7 +267,7 @@ def select_members(
     candidates = []
     weightless = 0
     for row in board.to_dict("records"):
-        if row.get("status") not in USABLE_STATUS:
+        if row.get("status") not in USABLE_STATUSES:
             continue
         best = _float(row.get("best"))
         folder = _member_folder(row, run_dir)

@@ -334,7 +334,7 @@ def run_sweep(
 
     from trainables import train
 
-    from ._leaderboard import leaderboard, read_text, write_bytes, write_leaderboard
+    from ._leaderboard import read_text, tune_leaderboard, write_bytes, write_leaderboard
 
     t_begin = time.perf_counter()
     _quiet_logs(verbose)
@@ -403,9 +403,8 @@ def run_sweep(
         seconds = time.perf_counter() - t0
         # The results as stored: after Ctrl+C the stored state still says which trials were running,
         # where the in-memory ones all read TERMINATED.
-        results = tune.Tuner.restore(run_dir, trainable=trainable).get_results()
         uri_prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
-        frame = leaderboard(results, space, uri_prefix=uri_prefix)
+        frame = tune_leaderboard(run_dir, space, uri_prefix=uri_prefix)
         paths = write_leaderboard(frame, run_dir) + [f"{run_dir}/space.yaml"]
     finally:
         if started:

@@ -29,13 +29,10 @@ def live_leaderboard(root: Path, space: Space | None = None) -> Any:
     """The leaderboard as Tune's experiment state has it now (a running or interrupted sweep), or ``None``."""
     if not _state_files(root):
         return None
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    from ._leaderboard import leaderboard
+    from ._leaderboard import tune_leaderboard
 
     space = space or read_space(root)
-    analysis = ExperimentAnalysis(str(root), default_metric=space.search.metric, default_mode=space.search.mode)
-    frame = leaderboard(ResultGrid(analysis), space)
+    frame = tune_leaderboard(str(root), space)
     if not frame.empty:
         # Tune stores a running trial as PENDING (what it would restart as); one that reported epochs is under way.
         under_way = (frame["status"] == "pending") & (frame["epochs"] > 0)

@@ -35,6 +35,12 @@ from ._errors import ConfigError
 __all__ = [
     "BEST_WEIGHTS",
     "CHECKPOINT_DIR",
+    "LEADERBOARD_COLUMNS",
+    "LEADERBOARD_CSV",
+    "LEADERBOARD_PARQUET",
+    "SPACE_FILE",
+    "STATUSES",
+    "USABLE_STATUSES",
     "DIVERGED_FILE",
     "LAST_WEIGHTS",
     "MEMBER_FILES",
@@ -49,6 +55,7 @@ __all__ = [
     "predictions_file",
     "prepare_batch",
     "prepare_image",
+    "read_leaderboard",
     "read_model_json",
     "read_predictions",
     "write_model_json",
@@ -237,6 +244,42 @@ def read_predictions(folder: str | os.PathLike[str], split: str) -> Any:
     import pandas as pd
 
     return pd.read_parquet(Path(folder) / predictions_file(split))
+
+
+# ---------------------------------------------------------------- a sweep's run folder
+
+# What ``python -m search.run`` leaves in ``runs/<name>/`` besides the trial folders; the ensemble reads it.
+LEADERBOARD_PARQUET = "leaderboard.parquet"
+LEADERBOARD_CSV = "leaderboard.csv"
+SPACE_FILE = "space.yaml"  # the resolved space the sweep ran
+# A trial's status on the leaderboard, in its sort order: ended (by its epochs, or pruned early), under way, failed.
+STATUSES = ("finished", "pruned", "running", "pending", "diverged", "errored")
+# Trials that left predictions of their best epoch: what the ensemble picks from.
+USABLE_STATUSES = ("finished", "pruned")
+# The columns every leaderboard has, in order; then ``last/<metric>`` per further objective and
+# ``config/<key>`` per training parameter (the data section left out).
+LEADERBOARD_COLUMNS = (
+    "trial_id", "status", "epochs", "max_epochs", "metric", "best", "last", "best_epoch", "wall_s", "node_ip",
+    "node_id", "error", "disk_mb", "path", "checkpoint", "predictions_val", "predictions_test",
+)
+
+
+def read_leaderboard(run_dir: str | os.PathLike[str]) -> Any:
+    """A finished sweep's ``leaderboard.parquet`` (a pandas DataFrame), checked for its key columns.
+
+    Raises:
+        ConfigError: no leaderboard in ``run_dir``, or one without ``trial_id``/``status``.
+    """
+    import pandas as pd
+
+    path = Path(run_dir) / LEADERBOARD_PARQUET
+    if not path.is_file():
+        raise ConfigError(f"no {LEADERBOARD_PARQUET}; run python -m search.run SPACE first, or pass its run folder", origin=str(run_dir))
+    frame = pd.read_parquet(path)
+    missing = [c for c in ("trial_id", "status") if c not in frame.columns] if len(frame.columns) else []
+    if missing:
+        raise ConfigError(f"lacks the column(s) {', '.join(missing)}; not a medsweep leaderboard", origin=str(path))
+    return frame
 
 
 # ---------------------------------------------------------------- the model's input
