@@ -10,7 +10,7 @@ Example:
 from ._built import BuiltEnsemble, read_ensemble
 from ._bundle import Bundle, export_bundle, load, verify_bundle
 from ._card import model_card
-from ._metrics import bootstrap_ci, evaluate, expected_calibration_error
+from ._metrics import bootstrap_ci, evaluate, expected_calibration_error, score
 from ._report import Summary, format_comparison, summarise
 from ._select import EnsembleSettings, Member, Selection, select_members
 from ._stacking import COMBINERS, StackingEnsemble
@@ -36,6 +36,7 @@ __all__ = [
     "load",
     "model_card",
     "read_ensemble",
+    "score",
     "select_members",
     "summarise",
     "verify_bundle",

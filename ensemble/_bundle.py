@@ -539,7 +539,7 @@ class Bundle:
         """The uint8 ``(N, S, S, C)`` model input of member ``member``, as the sweep's cache made it."""
         return prepare_batch([_decode(img) for img in _as_list(images)], self.specs[member])
 
-    def _tensor(self, batch: np.ndarray, member: int):
+    def model_input(self, batch: np.ndarray, member: int):
         """uint8 (N, S, S, C) -> normalised float (N, C, S, S); the trainer's own arithmetic, for equal results."""
         import torch
 
@@ -571,7 +571,7 @@ class Bundle:
                 prepared = prepare_batch(decoded, self.specs[idx[0]])
                 for i in idx:
                     for b0 in range(0, len(decoded), batch_size):
-                        x = self._tensor(prepared[b0 : b0 + batch_size], i)
+                        x = self.model_input(prepared[b0 : b0 + batch_size], i)
                         with torch.inference_mode():
                             p = self._probs(self.models[i](x), i)
                             if tta:

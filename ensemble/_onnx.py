@@ -202,7 +202,7 @@ def _graph_module(bundle: Any) -> Any:
             self.multilabel = bundle.multilabel
             self.has_bias = []
             for i, spec in enumerate(bundle.members):
-                # Bundle._tensor's arithmetic, float32 constants computed the same way
+                # Bundle.model_input's arithmetic, float32 constants computed the same way
                 scale, shift = normalization(spec["mean"], spec["std"])
                 self.register_buffer(f"scale{i}", scale)
                 self.register_buffer(f"shift{i}", shift)

@@ -20,7 +20,7 @@ import numpy as np
 from trainables import ConfigError, did_you_mean
 from trainables.cli import cli_errors
 
-__all__ = ["Explanation", "explain", "last_conv_layer", "main"]
+__all__ = ["Explanation", "explain", "last_conv_layer", "main", "save_figure"]
 
 PANEL_PX = 256  # each panel's width and height in the PNG, in pixels
 _LAYERS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], tuple[str, Any]]]" = weakref.WeakKeyDictionary()
@@ -110,7 +110,7 @@ def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanatio
     size = max(s["image_size"] for s in bundle.members)
     maps, layers = [], []
     for i, model in enumerate(bundle.models):
-        x = bundle._tensor(bundle.prepare([image], member=i), i)
+        x = bundle.model_input(bundle.prepare([image], member=i), i)
         # The layer depends on the model and the input's shape only: found once per member, not per image
         # (a whole forward pass each time, a third of a report's Grad-CAM time).
         found = _LAYERS.setdefault(model, {})

@@ -23,7 +23,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Image paths from files, folders (recursive, sorted) and CSVs with a ``path`` column, in the given order."""
     import pandas as pd
 
-    from trainables._sources import IMAGE_EXTENSIONS
+    from trainables import IMAGE_EXTENSIONS
 
     out: list[str] = []
     for item in inputs:

@@ -14,6 +14,8 @@ from typing import Sequence
 from trainables import ConfigError
 from trainables.cli import cli_errors
 
+__all__ = ["main"]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit status (2 for bad input, with one line on stderr).

@@ -15,9 +15,9 @@ from ._params import TrainParams
 from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
 from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
-from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
+from ._sources import IMAGE_EXTENSIONS, CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._volumes import NiftiSource
-from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
+from ._train import Trainer, TrainingDiverged, drop_resume_state, predictions_frame, train
 
 # Reported besides search's own list: volume-level metrics of data with ``pool: mean | max``.
 REPORTED_METRICS = ("val_volume_auroc", "val_volume_accuracy", "val_volume_auprc")
@@ -34,6 +34,7 @@ __all__ = [
     "DicomSource",
     "FolderSource",
     "HEADS",
+    "IMAGE_EXTENSIONS",
     "LOSSES",
     "MedMNISTSource",
     "NiftiSource",
@@ -42,6 +43,7 @@ __all__ = [
     "SCHEDULERS",
     "Speed",
     "TrainParams",
+    "Trainer",
     "TrainingDiverged",
     "augment_batch",
     "build_augment",

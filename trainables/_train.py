@@ -609,6 +609,46 @@ class _Run:
             self._write_predictions(self.predict("val")[0])
 
 
+class Trainer(_Run):
+    """One standalone run driven step by step: what benchmarks time and notebooks poke at (``train`` runs
+    the whole loop, with checkpoints, early stopping and the trial's files).
+
+    Args:
+        params: the training parameters.
+        data: the data section.
+        out_dir: where the run may write (the data cache lives in ``data.cache_dir``).
+
+    Attributes:
+        ds: the prepared ``Dataset``; model, augment: the model and augmentation in use.
+
+    Example:
+        >>> t = Trainer(TrainParams(backbone="resnet18", epochs=2), DataConfig.from_dict({"source": "medmnist",
+        ...             "dataset": "pneumoniamnist"}), "runs/bench")
+        >>> t.train_epoch(0)["train_images_per_s"]       # doctest: +SKIP
+        1523.4
+        >>> probs, loss = t.predict("val")
+    """
+
+    def __init__(self, params: TrainParams, data: DataConfig, out_dir: str | os.PathLike[str]) -> None:
+        super().__init__(params, data, Path(out_dir), tune=False, resume=False, config={})
+
+    def train_epoch(self, epoch: int = 0) -> dict[str, float]:
+        """Train one epoch; the row of its training metrics (loss, seconds, images per second)."""
+        return self._train_epoch(epoch)
+
+    def train_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch's training batches as the sampler draws and augments them: uint8 images, labels."""
+        return self._train_batches()
+
+    def to_input(self, images: np.ndarray) -> Any:
+        """uint8 ``(N, S, S, C)`` images to the model's normalised float input on the run's device."""
+        return self._to_input(images)
+
+    def target(self, labels: np.ndarray) -> Any:
+        """Labels to the loss's target tensor on the run's device."""
+        return self._target(labels)
+
+
 def drop_resume_state(checkpoint: str | os.PathLike[str]) -> int:
     """Delete what only resuming a checkpoint needs (optimizer, scheduler, RNG state, the latest weights),
     keeping the best weights, ``model.json`` and the predictions; returns the bytes freed.
