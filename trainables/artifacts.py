@@ -148,8 +148,10 @@ class MemberSpec:
                 class_names=tuple(str(c) for c in info["class_names"]) if info.get("class_names") is not None else None,
                 logit_bias=_floats(info.get("logit_bias")),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ConfigError(f"lacks or mistypes {exc}; rerun the trial", origin=origin) from None
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; rerun the trial", origin=origin) from None
 
     def to_model_json(self) -> dict[str, Any]:
         """The spec's keys of ``model.json`` (the trainer adds ``params``, ``best_epoch`` and the rest)."""
