@@ -409,11 +409,12 @@ def _ensemble_metrics(root: Path) -> str:
 def _data_splits(root: Path) -> str:
     """Images, patients and class balance per split, from the bundle's manifest or else a trial's model.json."""
     from ensemble import read_ensemble
+    from trainables.artifacts import MODEL_JSON
 
     built = read_ensemble(root / "ensemble")
     report = built.split_report if built is not None else None
     if not report or report.get("from") not in (None, "data"):  # only the data layer's report has patients and prevalence
-        found = next(iter(sorted(root.glob("**/model.json"))), None)
+        found = next(iter(sorted(root.glob(f"**/{MODEL_JSON}"))), None)
         report = json.loads(found.read_text()).get("data") if found is not None else None
     if not report or not report.get("splits"):
         return _missing("no split report yet (written by the trials into model.json)")

@@ -424,7 +424,7 @@ def run_sweep(
 
 
 def size_standalone(space: Space) -> Space:
-    """``epochs: auto`` for a run without a sweep (``trainables.fit``): the length of one full sweep trial."""
+    """``epochs: auto`` for a run without a sweep (``search.fit``): the length of one full sweep trial."""
     from trainables import DataConfig, load_dataset
 
     data = DataConfig.from_dict(data_dict(space), origin=space.origin)

@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             space = size_standalone(space)
         # The same constants a sweep's trials get, so the best epoch is picked by the space's metric.
         config = {**space.defaults(), **trial_constants(space), "_out_dir": args.out, "_resume": args.resume}
-        row = train(config)
+        row = train(config) or {}  # standalone, train returns the last epoch's row
     if cli.status:
         return cli.status
     print(f"[medsweep] done: best {row.get('best_score', float('nan')):.4f} at epoch {row.get('best_epoch')}; outputs in {args.out}")
