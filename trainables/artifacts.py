@@ -104,7 +104,7 @@ class MemberSpec:
     std: tuple[float, ...]
     head: str = "linear"
     # Each of PREPROCESSING_STEPS, on or off.
-    preprocessing: Mapping[str, bool] = field(default_factory=lambda: {k: False for k in PREPROCESSING_STEPS})
+    preprocessing: Mapping[str, bool] = field(default_factory=lambda: {k: False for k in PREPROCESSING_STEPS}, hash=False)
     task: str | None = None  # binary, multi-class, multi-label (model.json; a manifest holds it once, at the top)
     class_names: tuple[str, ...] | None = None
     # Added to the logits before softmax/sigmoid wherever the weights are used (a balanced sampler's prior correction).
