@@ -94,3 +94,22 @@ def test_normalization_is_x_over_255_minus_mean_over_std():
     expected = (x / 255.0 - torch.tensor([0.5, 0.25]).view(1, 2, 1, 1)) / torch.tensor([0.2, 0.5]).view(1, 2, 1, 1)
     assert torch.allclose(x * scale + shift, expected, atol=1e-6)
     assert scale.shape == (1, 2, 1, 1) and shift.shape == (1, 2, 1, 1)
+
+
+def test_the_trainer_steps_through_a_run_with_the_contracts_input(tiny_data, tmp_path):
+    """``Trainer``: the public step-by-step run the benchmarks drive; its input is ``normalization``'s."""
+    torch = pytest.importorskip("torch")
+    from trainables import DataConfig, Trainer, TrainParams
+
+    params = TrainParams(backbone="test_resnet", batch_size=8, lr=3e-3, image_size=32, threads=1, epochs=1)
+    run = Trainer(params, DataConfig.from_dict(tiny_data), tmp_path / "run")
+    x, y = next(iter(run.train_batches()))
+    assert x.dtype == np.uint8 and x.shape[1:] == (32, 32, run.ds.channels) and len(x) == len(y)
+    scale, shift = normalization(run.ds.mean, run.ds.std)
+    expected = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float() * scale + shift
+    assert torch.equal(run.to_input(x).cpu(), expected)
+    assert run.target(y).dtype == torch.long
+    row = run.train_epoch(0)
+    assert row["train_images_per_s"] > 0 and np.isfinite(row["train_loss"])
+    probs, _ = run.predict("val")
+    assert probs.shape == (len(run.ds.splits["val"]), 2) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
