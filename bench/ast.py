@@ -54,26 +54,24 @@ def data_dict(quick: bool, tmp: Path) -> dict:
 
 
 def build_run(rate: float, data: dict, args, out: Path):
-    from trainables._cache import DataConfig
-    from trainables._params import TrainParams
-    from trainables._train import _Run
+    from trainables import DataConfig, Trainer, TrainParams
 
     params = TrainParams(
         backbone=args.backbone, epochs=args.dense + args.sparse, batch_size=args.batch_size, lr=1e-3,
         image_size=28, threads=args.threads, activation_rate=rate, ast_start_epoch=args.dense, seed=0,
     )
-    return _Run(params, DataConfig.from_dict(data), out, tune=False, resume=False, config={})
+    return Trainer(params, DataConfig.from_dict(data), out)
 
 
 def run_interleaved(rates: list[float], data: dict, args, tmp: Path) -> dict[float, list[dict]]:
     """Epoch e of every rate runs before epoch e+1 of any: machine drift hits all rates alike."""
-    from trainables._metrics import compute_metrics
+    from trainables import compute_metrics
 
     runs = {rate: build_run(rate, data, args, tmp / f"rate{rate}") for rate in rates}
     rows: dict[float, list[dict]] = {rate: [] for rate in rates}
     for epoch in range(args.dense + args.sparse):
         for rate, run in runs.items():
-            row = run._train_epoch(epoch)
+            row = run.train_epoch(epoch)
             for split in ("val", "test"):  # the epoch is chosen on val; test only reports
                 probs, _ = run.predict(split)
                 row.update(compute_metrics(probs, run.ds.splits[split].labels, task=run.ds.task,

@@ -40,7 +40,7 @@ SHAPES = ((28, 1), (224, 3))
 
 def time_augment(images: np.ndarray, level: str, *, threads: int, rounds: int) -> float:
     """Median images/s of ``augment_batch`` over ``rounds`` passes (``none``: the plain copy)."""
-    from trainables._augment import augment_batch, build_augment
+    from trainables import augment_batch, build_augment
 
     size = images.shape[1]
     aug = build_augment(level, image_size=size, seed=0)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
-    from trainables._augment import AUGMENT_LEVELS
+    from trainables import AUGMENT_LEVELS
 
     cv2.setNumThreads(args.cv2_threads)
     rng = np.random.default_rng(0)

@@ -64,8 +64,7 @@ def synthetic(n_members: int, n_rows: int, n_labels: int = N_LABELS, *, seed: in
 
 
 def part_stacker(sizes: list[tuple[int, int]]) -> dict:
-    from ensemble import StackingEnsemble
-    from ensemble._metrics import score
+    from ensemble import StackingEnsemble, score
 
     rows = []
     for m, n in sizes:
@@ -112,7 +111,7 @@ def part_disk(run_dir: Path, sweep: dict | None) -> dict:
 
 
 def part_report(run_dir: Path, rounds: int) -> dict:
-    code = ("import sys, time; sys.path.insert(0, %r); from search._html import write_html_report; "
+    code = ("import sys, time; sys.path.insert(0, %r); from search import write_html_report; "
             "t = time.perf_counter(); write_html_report(sys.argv[1], out=sys.argv[2]); print('SECONDS', time.perf_counter() - t)") % str(ROOT)
     times = []
     with tempfile.TemporaryDirectory() as tmp:

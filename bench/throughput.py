@@ -91,14 +91,11 @@ LEVELS = ("none", "simple", "enhanced", "advanced")
 def part_trainable(args, tmp: Path, rounds: int) -> dict:
     import torch
 
-    from trainables._cache import DataConfig
-    from trainables._model import create_model
-    from trainables._params import TrainParams
-    from trainables._train import _Run
+    from trainables import DataConfig, Trainer, TrainParams, create_model
 
     data = DataConfig.from_dict(data_dict(args, tmp))
     params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=rounds, image_size=28)
-    run = _Run(params, data, tmp / "trial", tune=False, resume=False, config={})
+    run = Trainer(params, data, tmp / "trial")
     if args.quick:  # trim the split in place: both loops see the same 768 images
         sp = run.ds.splits["train"]
         sp.images, sp.labels, sp.ids = sp.images[:768], sp.labels[:768], sp.ids[:768]
@@ -111,11 +108,11 @@ def part_trainable(args, tmp: Path, rounds: int) -> dict:
     rng = np.random.default_rng(0)
     # One warm-up epoch each (allocator, oneDNN kernel selection) that is not counted.
     bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng)
-    run._train_epoch()
+    run.train_epoch()
     bare, ours = [], []
     for _ in range(rounds):
         bare.append(bare_epoch(bare_model, bare_opt, x_all, y_all, args.batch_size, rng))
-        ours.append(run._train_epoch()["train_images_per_s"])
+        ours.append(run.train_epoch()["train_images_per_s"])
     res = {
         "backbone": args.backbone, "batch_size": args.batch_size, "threads": args.threads,
         "images_per_epoch": int(len(y_all)), "rounds": rounds,
@@ -145,9 +142,7 @@ def part_epoch(args, tmp: Path, rounds: int) -> dict:
     import torch
     from ray import tune
 
-    from trainables import TUNE_KEY, train
-    from trainables._cache import DataConfig, load_dataset
-    from trainables._model import create_model
+    from trainables import TUNE_KEY, DataConfig, create_model, load_dataset, train
 
     data = data_dict(args, tmp)
     if args.quick:  # a tenth of PneumoniaMNIST: the same split sizes for both loops
@@ -222,14 +217,11 @@ def part_pipeline(args, tmp: Path, rounds: int, train_speed: float | None) -> di
     """Everything the trainer does to a batch before the model sees it, with no model, at each level."""
     import torch
 
-    from trainables._augment import build_augment
-    from trainables._cache import DataConfig
-    from trainables._params import TrainParams
-    from trainables._train import _Run
+    from trainables import DataConfig, Trainer, TrainParams, build_augment
 
     data = DataConfig.from_dict(data_dict(args, tmp))
     params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=1, image_size=28)
-    run = _Run(params, data, tmp / "pipeline", tune=False, resume=False, config={})
+    run = Trainer(params, data, tmp / "pipeline")
     if args.quick:
         sp = run.ds.splits["train"]
         sp.images, sp.labels, sp.ids = sp.images[:768], sp.labels[:768], sp.ids[:768]
@@ -241,8 +233,8 @@ def part_pipeline(args, tmp: Path, rounds: int, train_speed: float | None) -> di
         for _ in range(rounds):
             t0 = time.perf_counter()
             seen = 0
-            for x, y in run._train_batches():
-                run._to_input(x), run._target(y)
+            for x, y in run.train_batches():
+                run.to_input(x), run.target(y)
                 seen += len(y)
             speeds.append(seen / (time.perf_counter() - t0))
         med = statistics.median(speeds)
@@ -304,7 +296,7 @@ def part_bundle(args, bundle_dir: Path, tmp: Path, rounds: int) -> dict:
     import torch
 
     from ensemble import load
-    from ensemble._bundle import _prepare_batch
+    from trainables.artifacts import prepare_batch
 
     bundle = load(bundle_dir, device="cpu")
     with np.load(Path(data_dict(args, tmp)["root"]) / "pneumoniamnist.npz") as z:
@@ -312,12 +304,12 @@ def part_bundle(args, bundle_dir: Path, tmp: Path, rounds: int) -> dict:
     n, bs = len(images), 64
 
     def member_alone(i: int) -> float:
-        spec, model = bundle.members[i], bundle.models[i]
+        spec, model = bundle.specs[i], bundle.models[i]
         t0 = time.perf_counter()
         for b in range(0, n, bs):
-            batch = _prepare_batch([np.asarray(img) for img in images[b : b + bs]], spec)
+            batch = prepare_batch([np.asarray(img) for img in images[b : b + bs]], spec)
             with torch.inference_mode():
-                torch.softmax(model(bundle._tensor(batch, i)).float(), 1)
+                torch.softmax(model(bundle.model_input(batch, i)).float(), 1)
         return time.perf_counter() - t0
 
     bundle.predict_proba(images[:bs])  # warm-up
@@ -390,10 +382,7 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
     """AMP training at ``image_size`` on ``device``: trainable vs raw forward+backward, then 1/2/4 trials at once."""
     import torch
 
-    from trainables._cache import DataConfig
-    from trainables._model import create_model
-    from trainables._params import TrainParams
-    from trainables._train import _Run
+    from trainables import DataConfig, Trainer, TrainParams, create_model
 
     n = batch_size * (4 if args.quick else 24)
     rng = np.random.default_rng(0)
@@ -407,7 +396,7 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
                 "cache_dir": str(tmp / "gpu-cache"), "download": False}
     params = TrainParams(backbone=backbone, batch_size=batch_size, epochs=rounds + 1, image_size=image_size, amp=True,
                          threads=args.threads)
-    run = _Run(params, DataConfig.from_dict(data_raw), tmp / "gpu-trial", tune=False, resume=False, config={})
+    run = Trainer(params, DataConfig.from_dict(data_raw), tmp / "gpu-trial")
 
     model = create_model(backbone, num_classes=2, in_chans=1).to(device)
     if device == "cuda":
@@ -430,11 +419,11 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
             torch.cuda.synchronize()
         return n / (time.perf_counter() - t0)
 
-    raw_epoch(), run._train_epoch()
+    raw_epoch(), run.train_epoch()
     raw, ours = [], []
     for _ in range(rounds):
         raw.append(raw_epoch())
-        ours.append(run._train_epoch()["train_images_per_s"])
+        ours.append(run.train_epoch()["train_images_per_s"])
     res = {"device": torch.cuda.get_device_name() if device == "cuda" else device, "backbone": backbone,
            "image_size": image_size, "batch_size": batch_size, "amp": True,
            "raw_images_per_s": round(statistics.median(raw), 1), "trainable_images_per_s": round(statistics.median(ours), 1)}
@@ -449,11 +438,10 @@ def part_gpu(args, *, device: str, image_size: int, backbone: str, batch_size: i
     for k in ((1, 2) if args.quick else (1, 2, 4)):
         code = (
             "import sys, json; sys.path.insert(0, %r); from pathlib import Path; "
-            "from trainables._cache import DataConfig; from trainables._params import TrainParams; "
-            "from trainables._train import _Run; "
-            "r = _Run(TrainParams(**json.loads(sys.argv[1])), DataConfig.from_dict(json.loads(sys.argv[2])), "
-            "Path(sys.argv[3]), tune=False, resume=False, config={}); r._train_epoch(); "
-            "print('IPS', max(r._train_epoch()['train_images_per_s'] for _ in range(%d)))"
+            "from trainables import DataConfig, Trainer, TrainParams; "
+            "r = Trainer(TrainParams(**json.loads(sys.argv[1])), DataConfig.from_dict(json.loads(sys.argv[2])), "
+            "Path(sys.argv[3])); r.train_epoch(); "
+            "print('IPS', max(r.train_epoch()['train_images_per_s'] for _ in range(%d)))"
         ) % (str(ROOT), rounds)
         p_json = json.dumps({"backbone": backbone, "batch_size": batch_size, "epochs": rounds + 1,
                              "image_size": image_size, "amp": True, "threads": max(1, args.threads // k)})

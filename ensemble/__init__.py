@@ -7,16 +7,18 @@ Example:
     >>> export_onnx("runs/cxr/ensemble", "cxr.onnx")         # one ONNX graph, checked against the bundle
 """
 
+from ._built import BuiltEnsemble, read_ensemble
 from ._bundle import Bundle, export_bundle, load, verify_bundle
 from ._card import model_card
-from ._metrics import bootstrap_ci, evaluate, expected_calibration_error
-from ._report import Summary, summarise
+from ._metrics import bootstrap_ci, evaluate, expected_calibration_error, score
+from ._report import Summary, format_comparison, summarise
 from ._select import EnsembleSettings, Member, Selection, select_members
 from ._stacking import COMBINERS, StackingEnsemble
 
 __all__ = [
     "COMBINERS",
     "BuildResult",
+    "BuiltEnsemble",
     "Bundle",
     "EnsembleSettings",
     "OnnxExport",
@@ -30,8 +32,11 @@ __all__ = [
     "expected_calibration_error",
     "export_bundle",
     "export_onnx",
+    "format_comparison",
     "load",
     "model_card",
+    "read_ensemble",
+    "score",
     "select_members",
     "summarise",
     "verify_bundle",

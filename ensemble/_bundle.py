@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainables._errors import ConfigError
+from trainables import ConfigError
+from trainables.artifacts import MODEL_JSON, MemberSpec, normalization, prepare_batch
 
 from ._report import Summary, member_weights, summarise, write_report
 from ._select import Selection
@@ -74,14 +75,8 @@ def _logit_bias(model: dict[str, Any], *, origin: str) -> list[float] | None:
 
 def _member_input(model: dict[str, Any]) -> dict[str, Any]:
     """How a member's input is made, from its ``model.json``: size, channels, normalisation, preprocessing."""
-    params = model.get("params") or {}
-    return {
-        "image_size": int(model["image_size"]),
-        "channels": int(model["in_chans"]),
-        "mean": [float(v) for v in model["mean"]],
-        "std": [float(v) for v in model["std"]],
-        "preprocessing": {"clahe": bool(params.get("clahe", False)), "border_crop": bool(params.get("border_crop", False))},
-    }
+    entry = MemberSpec.from_model_json(model).to_manifest()
+    return {k: entry[k] for k in ("image_size", "channels", "mean", "std", "preprocessing")}
 
 
 def _read_space(run_dir: Path) -> tuple[dict[str, Any], str | None]:
@@ -133,7 +128,7 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
                 "val_metric": {"name": selection.metric, "value": m.val_score},
                 "best_epoch": m.model.get("best_epoch"),
                 # added to the member's logits before softmax/sigmoid (a balanced sampler's prior correction); null: none
-                "logit_bias": _logit_bias(m.model, origin=str(m.folder / "model.json")),
+                "logit_bias": _logit_bias(m.model, origin=str(m.folder / MODEL_JSON)),
                 "weights": weight_files[m.trial_id],
                 "sha256": None,  # filled in with the files' hashes
             }
@@ -476,7 +471,7 @@ class Bundle:
         import torch
         from safetensors.torch import load as load_safetensors
 
-        from trainables._heads import build_classifier
+        from trainables import build_classifier
 
         from ._stacking import StackingEnsemble
 
@@ -492,27 +487,20 @@ class Bundle:
         self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
         _warn_timm_version(self.manifest, self.path)
         self.members: list[dict[str, Any]] = []
+        self.specs: list[MemberSpec] = []
         self.models: list[Any] = []
         for i, entry in enumerate(self.manifest["members"]):
             try:
-                spec = {
-                    "trial_id": str(entry["trial_id"]),
-                    "backbone": str(entry["backbone"]),
-                    "head": str(entry.get("head") or "linear"),
-                    "num_classes": int(entry["num_classes"]),
-                    "image_size": int(entry["image_size"]),
-                    "channels": int(entry["channels"]),
-                    "mean": [float(v) for v in entry["mean"]],
-                    "std": [float(v) for v in entry["std"]],
-                    "preprocessing": {k: bool(v) for k, v in (entry.get("preprocessing") or {}).items() if k in ("clahe", "border_crop")},
-                    "logit_bias": None if entry.get("logit_bias") is None else [float(v) for v in entry["logit_bias"]],
-                }
-            except (KeyError, TypeError, ValueError) as exc:
+                member = MemberSpec.from_manifest(entry, task=self.task, class_names=self.class_names)
+                trial_id = str(entry["trial_id"])
+            except (KeyError, TypeError) as exc:
                 raise ConfigError(f"members[{i}] lacks or mistypes {exc}; {_fix(self.path)}", origin=origin) from None
-            if spec["logit_bias"] is not None and (len(spec["logit_bias"]) != spec["num_classes"] or not np.isfinite(spec["logit_bias"]).all()):
-                raise ConfigError(f"members[{i}].logit_bias must hold {spec['num_classes']} finite numbers; {_fix(self.path)}", origin=origin)
-            if spec["num_classes"] != len(self.class_names) or len(spec["mean"]) != spec["channels"] or len(spec["std"]) != spec["channels"]:
-                raise ConfigError(f"members[{i}]: num_classes, mean or std do not fit class_names and channels; {_fix(self.path)}", origin=origin)
+            except ValueError as exc:  # the spec's own checks: mean/std per channel, a finite logit_bias per class
+                raise ConfigError(f"members[{i}]: {exc}; {_fix(self.path)}", origin=origin) from None
+            if member.num_classes != len(self.class_names):
+                raise ConfigError(f"members[{i}]: num_classes does not fit class_names; {_fix(self.path)}", origin=origin)
+            # The members as plain dicts (what ``members`` has always held), the specs beside them.
+            spec = {"trial_id": trial_id, **member.to_manifest()}
             model = build_classifier(
                 spec["backbone"], head=spec["head"], num_classes=spec["num_classes"], in_chans=spec["channels"], pretrained=False
             )
@@ -527,6 +515,7 @@ class Bundle:
                 ) from None
             model.eval().to(self.device)
             self.members.append(spec)
+            self.specs.append(member)
             self.models.append(model)
         del blobs
         try:
@@ -548,18 +537,16 @@ class Bundle:
 
     def prepare(self, images: Sequence[Any], member: int = 0) -> np.ndarray:
         """The uint8 ``(N, S, S, C)`` model input of member ``member``, as the sweep's cache made it."""
-        spec = self.members[member]
-        return _prepare_batch([_decode(img) for img in _as_list(images)], spec)
+        return prepare_batch([_decode(img) for img in _as_list(images)], self.specs[member])
 
-    def _tensor(self, batch: np.ndarray, member: int):
+    def model_input(self, batch: np.ndarray, member: int):
         """uint8 (N, S, S, C) -> normalised float (N, C, S, S); the trainer's own arithmetic, for equal results."""
         import torch
 
-        spec = self.members[member]
-        mean = torch.tensor(spec["mean"], device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(spec["std"], device=self.device).view(1, -1, 1, 1)
+        spec = self.specs[member]
+        scale, shift = normalization(spec.mean, spec.std, device=self.device)
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float()
-        return x * (1.0 / (255.0 * std)) + (-mean / std)
+        return x * scale + shift
 
     # -------------------------------------------------------- predict
 
@@ -573,18 +560,18 @@ class Bundle:
         k = len(self.class_names)
         out = np.zeros((len(self.models), len(items), k), dtype=np.float64)
         groups: dict[str, list[int]] = {}
-        for i, spec in enumerate(self.members):
-            groups.setdefault(_input_key(spec), []).append(i)
+        for i, spec in enumerate(self.specs):
+            groups.setdefault(spec.input_key, []).append(i)
         # Member by member over a chunk of batches, not batch by batch over the members: alternating
         # between models evicts each one's weights from the CPU caches (2.5x slower with resnet18s).
         chunk = max(batch_size, 1024)
         for c0 in range(0, len(items), chunk):
             decoded = [_decode(img) for img in items[c0 : c0 + chunk]]
             for idx in groups.values():
-                prepared = _prepare_batch(decoded, self.members[idx[0]])
+                prepared = prepare_batch(decoded, self.specs[idx[0]])
                 for i in idx:
                     for b0 in range(0, len(decoded), batch_size):
-                        x = self._tensor(prepared[b0 : b0 + batch_size], i)
+                        x = self.model_input(prepared[b0 : b0 + batch_size], i)
                         with torch.inference_mode():
                             p = self._probs(self.models[i](x), i)
                             if tta:
@@ -666,7 +653,7 @@ def _as_list(images: Any) -> list[Any]:
 
 
 def _decode(img: Any) -> np.ndarray:
-    from trainables._sources import read_image_file
+    from trainables import read_image_file
 
     if isinstance(img, (str, os.PathLike)):
         try:
@@ -684,18 +671,3 @@ def _decode(img: Any) -> np.ndarray:
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ConfigError(f"an image must hold numbers (uint8 or uint16); got dtype {arr.dtype}")
     return arr
-
-
-def _input_key(spec: dict[str, Any]) -> str:
-    return json.dumps([spec["image_size"], spec["channels"], sorted(spec["preprocessing"].items())])
-
-
-def _prepare_batch(decoded: list[np.ndarray], spec: dict[str, Any]) -> np.ndarray:
-    # The cache builder's own function: a bundle sees exactly what its trials saw in training.
-    from trainables._cache import _prepare
-
-    pre = {k: v for k, v in spec["preprocessing"].items() if v}
-    size, channels = spec["image_size"], spec["channels"]
-    if not decoded:
-        return np.zeros((0, size, size, channels), np.uint8)
-    return np.stack([_prepare(img, size=size, channels=channels, preprocess=pre) for img in decoded])

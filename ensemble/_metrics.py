@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from trainables._errors import ConfigError, did_you_mean
+from trainables import ConfigError, did_you_mean
 
 __all__ = ["bootstrap_ci", "evaluate", "expected_calibration_error"]
 
@@ -199,14 +199,14 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, *, task: str, n
 def evaluate(probs: np.ndarray, y: np.ndarray, *, task: str, class_names: list[str]) -> dict[str, float]:
     """The report's metrics of one set of probabilities, keys without prefix.
 
-    Everything ``trainables._metrics.compute_metrics`` gives (``auroc``, ``accuracy``, ``auprc``,
+    Everything ``trainables.compute_metrics`` gives (``auroc``, ``accuracy``, ``auprc``,
     ``sensitivity/<class>``, ``specificity/<class>``, and for multi-label ``auroc/<class>``), plus ``ece``.
 
     Example:
         >>> evaluate(np.array([[.9, .1], [.2, .8]]), np.array([0, 1]), task="binary", class_names=["a", "b"])["auroc"]
         1.0
     """
-    from trainables._metrics import compute_metrics
+    from trainables import compute_metrics
 
     check_task(task)
     probs, y = check_probs_labels(probs, y, task)

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from trainables._errors import ConfigError
+from trainables import ConfigError
+from trainables.artifacts import normalization
 
 __all__ = ["OPSET", "TOLERANCE", "OnnxExport", "combiner_module", "export_onnx"]
 
@@ -201,11 +202,10 @@ def _graph_module(bundle: Any) -> Any:
             self.multilabel = bundle.multilabel
             self.has_bias = []
             for i, spec in enumerate(bundle.members):
-                mean = torch.tensor(spec["mean"]).view(1, -1, 1, 1)
-                std = torch.tensor(spec["std"]).view(1, -1, 1, 1)
-                # Bundle._tensor's arithmetic, float32 constants computed the same way
-                self.register_buffer(f"scale{i}", 1.0 / (255.0 * std))
-                self.register_buffer(f"shift{i}", -mean / std)
+                # Bundle.model_input's arithmetic, float32 constants computed the same way
+                scale, shift = normalization(spec["mean"], spec["std"])
+                self.register_buffer(f"scale{i}", scale)
+                self.register_buffer(f"shift{i}", shift)
                 bias = spec.get("logit_bias")
                 self.has_bias.append(bias is not None)
                 if bias is not None:

@@ -10,14 +10,17 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._metrics import bootstrap_ci, evaluate
 from ._select import Selection
 
-__all__ = ["Summary", "summarise", "write_report"]
+if TYPE_CHECKING:  # read back from a folder; _built imports the bundle, which imports this module
+    from ._built import BuiltEnsemble
+
+__all__ = ["Summary", "format_comparison", "summarise", "write_report"]
 
 
 @dataclass
@@ -181,8 +184,11 @@ def format_combiners(summary: Summary) -> str:
         return frame.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
-def format_comparison(summary: Summary, *, task: str) -> str:
-    """Test metrics of the ensemble next to the best single member, with the bootstrap intervals."""
+def format_comparison(summary: Summary | BuiltEnsemble, *, task: str) -> str:
+    """Test metrics of the ensemble next to the best single member, with the bootstrap intervals.
+
+    ``summary``: a build's ``Summary``, or a ``BuiltEnsemble`` read back from its folder (``read_ensemble``).
+    """
     m = summary.metrics
     keys = ["auroc", "accuracy" if task != "multi-label" else "auprc", "ece"]
     lines = [f"{'':<26}" + "".join(f"{k:>10}" for k in keys) + "   auroc 95% CI"]
@@ -212,7 +218,7 @@ def write_report(folder: Path, selection: Selection, summary: Summary) -> list[P
     try:
         import matplotlib
     except ImportError:
-        from trainables._errors import ConfigError
+        from trainables import ConfigError
 
         raise ConfigError("the ensemble report draws its figures with matplotlib, which is not installed: pip install matplotlib") from None
 

@@ -8,7 +8,6 @@ Reads only what a sweep leaves in its run folder: ``leaderboard.parquet``, the r
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,14 +16,20 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from trainables._errors import ConfigError, check_keys, did_you_mean
+from trainables import ConfigError, check_keys, did_you_mean
+from trainables.artifacts import (
+    BEST_WEIGHTS,
+    LEADERBOARD_PARQUET,
+    MEMBER_FILES,
+    PREDICTION_SPLITS,
+    USABLE_STATUSES,
+    read_leaderboard,
+    read_model_json,
+    read_predictions,
+)
 
 __all__ = ["ENSEMBLE_KEYS", "EnsembleSettings", "Member", "Selection", "select_members"]
 
-# Leaderboard states whose trials left predictions of their best epoch.
-USABLE_STATUS = ("finished", "pruned")
-# What a member's folder must hold: weights and model description for the bundle, predictions for the fit.
-MEMBER_FILES = ("best.safetensors", "model.json", "predictions_val.parquet", "predictions_test.parquet")
 # How members are picked from the usable trials (EnsembleSettings.selection).
 SELECTIONS = ("greedy", "top_k")
 # Greedy selection: a change of the averaged members' metric within this is noise (a small validation
@@ -148,7 +153,7 @@ class Member:
 
     @property
     def weights(self) -> Path:
-        return self.folder / "best.safetensors"
+        return self.folder / BEST_WEIGHTS
 
 
 @dataclass
@@ -226,8 +231,6 @@ def select_members(
         >>> sel.P_val.shape          # (members, validation samples, classes)
         (3, 524, 2)
     """
-    import pandas as pd
-
     if "://" in str(run_dir):
         raise ConfigError(
             "the ensemble step reads a local run folder; copy it here first (e.g. `aws s3 sync`) "
@@ -235,7 +238,7 @@ def select_members(
             origin=str(run_dir),
         )
     run_dir = Path(run_dir).expanduser().resolve()
-    board_path = run_dir / "leaderboard.parquet"
+    board_path = run_dir / LEADERBOARD_PARQUET
     if not board_path.is_file():
         what = "no such folder" if not run_dir.is_dir() else "no leaderboard.parquet in it"
         raise ConfigError(f"not a finished sweep ({what}); run python -m search.run SPACE first, or pass its run folder", origin=str(run_dir))
@@ -257,7 +260,7 @@ def select_members(
         settings = dataclasses.replace(settings, selection=selection)
 
     origin = str(run_dir)
-    board = pd.read_parquet(board_path)
+    board = read_leaderboard(run_dir)
     search = space.get("search") or {}
     metric = str(search.get("metric") or (board["metric"].iloc[0] if len(board) and "metric" in board else "val_auroc"))
     mode = str(search.get("mode") or "max")
@@ -265,7 +268,7 @@ def select_members(
     candidates = []
     weightless = 0
     for row in board.to_dict("records"):
-        if row.get("status") not in USABLE_STATUS:
+        if row.get("status") not in USABLE_STATUSES:
             continue
         best = _float(row.get("best"))
         folder = _member_folder(row, run_dir)
@@ -287,7 +290,7 @@ def select_members(
 
     chosen, per_backbone = [], {}
     for row, best, folder in candidates:
-        model = _read_model_json(folder)
+        model = read_model_json(folder)
         backbone = str(model.get("backbone") or row.get("config/backbone"))
         if settings.max_per_backbone is not None and per_backbone.get(backbone, 0) >= settings.max_per_backbone:
             continue
@@ -325,8 +328,8 @@ def select_members(
                 origin=origin,
             )
         frames = {}
-        for split in ("val", "test"):
-            frames[split] = pd.read_parquet(folder / f"predictions_{split}.parquet")
+        for split in PREDICTION_SPLITS:
+            frames[split] = read_predictions(folder, split)
         if val_ids is None:
             val_ids = _ids(frames["val"], tid, "val")
             test_ids = _ids(frames["test"], tid, "test")
@@ -483,18 +486,6 @@ def _member_folder(row: Mapping[str, Any], run_dir: Path, *, files: tuple[str, .
         if folder is not None and all((folder / name).is_file() for name in files):
             return folder
     return None
-
-
-def _read_model_json(folder: Path) -> dict[str, Any]:
-    path = folder / "model.json"
-    try:
-        model = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"unreadable ({exc}); the trial's checkpoint is damaged: rerun the trial or lower top_k", origin=str(path)) from None
-    missing = [k for k in ("backbone", "num_classes", "in_chans", "image_size", "task", "class_names", "mean", "std") if k not in model]
-    if missing:
-        raise ConfigError(f"lacks {', '.join(missing)}; written by an older trainer? rerun the trial", origin=str(path))
-    return model
 
 
 def _ids(frame: Any, tid: str, split: str) -> list[str]:

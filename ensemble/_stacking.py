@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainables._errors import ConfigError, did_you_mean
+from trainables import ConfigError, did_you_mean
 
 from ._metrics import LOWER_IS_BETTER, check_probs_labels, check_task, score
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from trainables._errors import ConfigError, cli_error_line
+from trainables import ConfigError
+from trainables.cli import cli_errors
 
 from ._report import Summary, format_combiners, format_comparison, summarise
 from ._select import Selection, select_members
@@ -129,19 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals (default 1000)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors(args.run_dir, debug=args.debug) as cli:
         if args.n_boot < 1:
             raise ConfigError(f"must be an integer >= 1, got {args.n_boot}", field="--n-boot")
         build_ensemble(
             args.run_dir, top_k=args.top_k, max_per_backbone=args.max_per_backbone, selection=args.selection,
             out=args.out, n_boot=args.n_boot,
         )
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.run_dir), file=sys.stderr)
-        return 2
-    return 0
+    return cli.status
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from trainables._errors import ConfigError, cli_error_line, did_you_mean
+from trainables import ConfigError, did_you_mean
+from trainables.cli import cli_errors
 
-__all__ = ["Explanation", "explain", "last_conv_layer", "main"]
+__all__ = ["Explanation", "explain", "last_conv_layer", "main", "save_figure"]
 
 PANEL_PX = 256  # each panel's width and height in the PNG, in pixels
 _LAYERS: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...], tuple[str, Any]]]" = weakref.WeakKeyDictionary()
@@ -109,7 +110,7 @@ def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanatio
     size = max(s["image_size"] for s in bundle.members)
     maps, layers = [], []
     for i, model in enumerate(bundle.models):
-        x = bundle._tensor(bundle.prepare([image], member=i), i)
+        x = bundle.model_input(bundle.prepare([image], member=i), i)
         # The layer depends on the model and the input's shape only: found once per member, not per image
         # (a whole forward pass each time, a third of a report's Grad-CAM time).
         found = _LAYERS.setdefault(model, {})
@@ -188,17 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the members run (default cpu)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors(args.bundle, debug=args.debug) as cli:
         from ._bundle import load
 
         bundle = load(args.bundle, device=args.device)
         exp = explain(bundle, args.image, target=args.target)
         out = save_figure(exp, args.out, member_ids=[m["trial_id"] for m in bundle.members], source=args.image)
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.bundle), file=sys.stderr)
-        return 2
+    if cli.status:
+        return cli.status
     weights = ", ".join(f"{m['trial_id']} {w:.2f}" for m, w in zip(bundle.members, exp.weights))
     print(f"[medsweep] Grad-CAM for class {exp.target} (ensemble p={exp.probs[exp.class_index]:.3f}); "
           f"combined with weights {weights}; written to {out}")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from trainables._errors import ConfigError, cli_error_line
+from trainables.cli import cli_errors
 
 from ._onnx import OPSET, TOLERANCE, OnnxExport, export_onnx
 
@@ -35,19 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-manifest", action="store_true", help="do not store the figure in the bundle's manifest and card")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors(args.bundle, debug=args.debug) as cli:
         images = None
         if args.images:
             from .predict import collect_inputs
 
             images = collect_inputs(args.images)
         export_onnx(args.bundle, args.onnx, opset=args.opset, images=images, tolerance=args.tolerance, update_manifest=not args.no_manifest)
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.bundle), file=sys.stderr)
-        return 2
-    return 0
+    return cli.status
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from trainables._errors import ConfigError, cli_error_line
+from trainables import ConfigError
+from trainables.cli import cli_errors
 
 __all__ = ["collect_inputs", "main", "predict_files"]
 
@@ -22,7 +23,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     """Image paths from files, folders (recursive, sorted) and CSVs with a ``path`` column, in the given order."""
     import pandas as pd
 
-    from trainables._sources import IMAGE_EXTENSIONS
+    from trainables import IMAGE_EXTENSIONS
 
     out: list[str] = []
     for item in inputs:
@@ -81,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the members run (default auto)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    with cli_errors(args.bundle, debug=args.debug) as cli:
         from ._bundle import load
 
         if args.batch_size < 1:
@@ -89,11 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = collect_inputs(args.inputs)
         bundle = load(args.bundle, device=args.device)
         frame = predict_files(bundle, paths, tta=args.tta, batch_size=args.batch_size)
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.bundle), file=sys.stderr)
-        return 2
+    if cli.status:
+        return cli.status
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,8 @@
 """Space files and sweeps: read a YAML space, run Ray Tune with Optuna and ASHA, write a leaderboard."""
 
+from ._html import write_html_report
+from ._leaderboard import read_leaderboard, tune_leaderboard
+from ._run import DefineByRun, describe, run_sweep, trial_constants
 from ._space import (
     MLflowConfig,
     Objective,
@@ -15,7 +18,6 @@ from ._space import (
     load_space,
     parse_override,
 )
-from ._run import DefineByRun, describe, run_sweep, trial_constants
 
 __all__ = [
     "DefineByRun",
@@ -33,6 +35,9 @@ __all__ = [
     "describe",
     "load_space",
     "parse_override",
+    "read_leaderboard",
     "run_sweep",
     "trial_constants",
+    "tune_leaderboard",
+    "write_html_report",
 ]

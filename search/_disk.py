@@ -16,11 +16,12 @@ from typing import Any, Iterable
 from ray.tune import Callback
 
 from trainables import drop_resume_state
+from trainables.artifacts import BEST_WEIGHTS, LAST_WEIGHTS
 
 __all__ = ["KeepCallback", "keep_what_was_asked"]
 
 # Weights files a trial's folder or checkpoint may hold (the trainer's names).
-_WEIGHTS = ("best.safetensors", "model.safetensors")
+_WEIGHTS = (BEST_WEIGHTS, LAST_WEIGHTS)
 
 
 class KeepCallback(Callback):

@@ -362,25 +362,27 @@ def _stop_rungs(board: Any, rungs: list[int]) -> dict[str, int]:
 
 
 def _ensemble_metrics(root: Path) -> str:
+    from ensemble import read_ensemble
+
     bundle = root / "ensemble"
-    metrics_file = bundle / "metrics.json"
-    if not metrics_file.is_file():
+    built = read_ensemble(bundle)
+    if built is None:
         return _missing(f"no ensemble built yet; build it with python -m ensemble.build {root}")
-    m = json.loads(metrics_file.read_text())
-    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
+    m = built.metrics
     keys = [k for k in ("auroc", "accuracy", "auprc", "ece") if f"test.ensemble.{k}" in m]
-    best = manifest.get("best_single", "?")
+    best = built.best_single
     rows = ["<table><tr><th></th>" + "".join(f"<th>test {k}</th>" for k in keys) + "<th>auroc 95% CI</th></tr>"]
     for label, prefix in (("ensemble", "test.ensemble"), (f"best single member ({best})", "test.best_single")):
         ci = m.get(f"{prefix}.auroc_ci95") or [None, None]
         cells = "".join(f"<td>{_fmt(m.get(f'{prefix}.{k}'))}</td>" for k in keys)
         rows.append(f"<tr><td>{html.escape(label)}</td>{cells}<td>[{_fmt(ci[0])}, {_fmt(ci[1])}]</td></tr>")
     rows.append("</table>")
-    combiner = manifest.get("combiner") or {}
-    members = [str(x.get("trial_id")) for x in manifest.get("members") or [] if isinstance(x, dict)]
+    members = built.members
+    # The folds the fitted combiner records (the manifest's combiner.state.n_folds).
+    folds = f"{built.n_folds}-fold CV" if built.n_folds is not None else "cross-validation"
     note = (
-        f"{len(members)} members ({', '.join(members)}), combined by {combiner.get('name', '?')} "
-        f"{json.dumps(combiner.get('settings') or {})}, chosen by {combiner.get('n_folds', 'k')}-fold CV on validation; "
+        f"{len(members)} members ({', '.join(members)}), combined by {built.combiner} "
+        f"{json.dumps(built.settings)}, chosen by {folds} on validation; "
         f"the test split only reports. Bundle: {bundle}."
     )
     members_csv = bundle / "report" / "leaderboard.csv"
@@ -399,10 +401,13 @@ def _ensemble_metrics(root: Path) -> str:
 
 def _data_splits(root: Path) -> str:
     """Images, patients and class balance per split, from the bundle's manifest or else a trial's model.json."""
-    manifest = root / "ensemble" / "manifest.json"
-    report = (json.loads(manifest.read_text()).get("data") or {}).get("split_report") if manifest.is_file() else None
+    from ensemble import read_ensemble
+    from trainables.artifacts import MODEL_JSON
+
+    built = read_ensemble(root / "ensemble")
+    report = built.split_report if built is not None else None
     if not report or report.get("from") not in (None, "data"):  # only the data layer's report has patients and prevalence
-        found = next(iter(sorted(root.glob("**/model.json"))), None)
+        found = next(iter(sorted(root.glob(f"**/{MODEL_JSON}"))), None)
         report = json.loads(found.read_text()).get("data") if found is not None else None
     if not report or not report.get("splits"):
         return _missing("no split report yet (written by the trials into model.json)")

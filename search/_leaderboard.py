@@ -16,24 +16,65 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from trainables.artifacts import (
+    LEADERBOARD_COLUMNS,
+    LEADERBOARD_CSV,
+    LEADERBOARD_PARQUET,
+    STATUSES,
+    USABLE_STATUSES,
+    predictions_file,
+    read_leaderboard,
+)
+
 from ._progress import error_line, is_diverged, trial_max_epochs
 from ._space import Space
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built: the annotations only name it
     import pandas as pd
 
+# The leaderboard's contract lives with the other run-folder files (the ensemble reads it too); here it is written.
+__all__ = [
+    "LEADERBOARD_COLUMNS",
+    "STATUSES",
+    "USABLE_STATUSES",
+    "format_table",
+    "leaderboard",
+    "read_leaderboard",
+    "tune_leaderboard",
+    "write_leaderboard",
+]
+
 # Tune's trial states to the leaderboard's.
 _STATUS = {"ERROR": "errored", "RUNNING": "running", "PAUSED": "running", "PENDING": "pending"}
+# The sort order of the statuses (STATUSES): ended trials by their metric, then running, pending, failed.
+_RANK = {"finished": 0, "pruned": 0, "running": 1, "pending": 2, "diverged": 3, "errored": 3}
 # Config keys that are not training parameters: the data section and the driver's bookkeeping.
 _HIDDEN = ("data",)
 
 
-def leaderboard(results: Any, space: Space, *, uri_prefix: str = "") -> "pd.DataFrame":
+def tune_leaderboard(experiment: str, space: Space, *, uri_prefix: str = "") -> "pd.DataFrame":
+    """The leaderboard of the Tune experiment stored at ``experiment`` (a run folder or URI), as stored now.
+
+    Read through Tune's public ``ExperimentAnalysis``: its ``trials`` carry each trial's status, and
+    ``ResultGrid(analysis)`` lists their results in the same order.
+
+    Example:
+        >>> tune_leaderboard("runs/cxr", load_space("runs/cxr/space.yaml"))[["trial_id", "status", "best"]]
+    """
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    analysis = ExperimentAnalysis(experiment, default_metric=space.search.metric, default_mode=space.search.mode)
+    return leaderboard(ResultGrid(analysis), space, trials=analysis.trials, uri_prefix=uri_prefix)
+
+
+def leaderboard(results: Any, space: Space, *, trials: Sequence[Any] = (), uri_prefix: str = "") -> "pd.DataFrame":
     """A table of every trial in a Tune ``ResultGrid``, best first (errored and unfinished last).
 
     Args:
-        results: what ``Tuner.fit()`` or ``Tuner.get_results()`` returned.
+        results: Tune's results, e.g. ``ResultGrid(analysis)``.
         space: the sweep's space (metric, mode, objectives, ASHA's ``max_t``).
+        trials: Tune's ``Trial`` objects in the order of ``results`` (``ExperimentAnalysis.trials``), whose
+            status tells running, pending and errored trials apart; without them every trial reads as ended.
         uri_prefix: prepended to paths (``s3://``) when the storage is not a local folder.
     """
     import pandas as pd
@@ -41,8 +82,7 @@ def leaderboard(results: Any, space: Space, *, uri_prefix: str = "") -> "pd.Data
     cfg = space.search
     metric, mode = cfg.metric, cfg.mode
     max_t = cfg.scheduler.max_t if cfg.scheduler.type == "asha" else None
-    # ResultGrid keeps Tune's Trial objects (with their status) in the order of its results.
-    trials = list(getattr(getattr(results, "_experiment_analysis", None), "trials", None) or [])
+    trials = list(trials)
     rows = []
     for i, result in enumerate(results):
         trial = trials[i] if i < len(trials) else None
@@ -50,7 +90,7 @@ def leaderboard(results: Any, space: Space, *, uri_prefix: str = "") -> "pd.Data
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    rank = frame["status"].map({"finished": 0, "pruned": 0, "running": 1, "pending": 2, "diverged": 3, "errored": 3}).fillna(2)
+    rank = frame["status"].map(_RANK).fillna(_RANK["pending"])
     key = frame["best"].astype(float)
     key = -key if mode == "max" else key
     frame = frame.assign(_rank=rank, _key=key.fillna(math.inf)).sort_values(["_rank", "_key", "trial_id"], kind="stable")
@@ -106,8 +146,8 @@ def _row(result: Any, trial: Any, *, metric: str, mode: str, max_t: int | None, 
         "disk_mb": _disk_mb(result.path) if result.path and not uri_prefix else None,
         "path": uri_prefix + result.path if result.path else None,
         "checkpoint": ckpt_path,
-        "predictions_val": f"{ckpt_path}/predictions_val.parquet" if ckpt_path else None,
-        "predictions_test": f"{ckpt_path}/predictions_test.parquet" if ckpt_path else None,
+        "predictions_val": f"{ckpt_path}/{predictions_file('val')}" if ckpt_path else None,
+        "predictions_test": f"{ckpt_path}/{predictions_file('test')}" if ckpt_path else None,
     }
     for obj in objectives[1:]:
         value = metrics.get(obj.metric, math.nan)
@@ -212,8 +252,8 @@ def write_leaderboard(frame: "pd.DataFrame", run_dir: str) -> list[str]:
     """``leaderboard.parquet`` and ``leaderboard.csv`` in ``run_dir``; returns their paths."""
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
-    paths = [write_bytes(run_dir, "leaderboard.parquet", buf.getvalue())]
-    paths.append(write_bytes(run_dir, "leaderboard.csv", frame.to_csv(index=False).encode()))
+    paths = [write_bytes(run_dir, LEADERBOARD_PARQUET, buf.getvalue())]
+    paths.append(write_bytes(run_dir, LEADERBOARD_CSV, frame.to_csv(index=False).encode()))
     return paths
 
 

@@ -330,7 +330,7 @@ def run_sweep(
 
     from trainables import train
 
-    from ._leaderboard import leaderboard, read_text, write_bytes, write_leaderboard
+    from ._leaderboard import read_text, tune_leaderboard, write_bytes, write_leaderboard
 
     t_begin = time.perf_counter()
     _quiet_logs(verbose)
@@ -399,9 +399,8 @@ def run_sweep(
         seconds = time.perf_counter() - t0
         # The results as stored: after Ctrl+C the stored state still says which trials were running,
         # where the in-memory ones all read TERMINATED.
-        results = tune.Tuner.restore(run_dir, trainable=trainable).get_results()
         uri_prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
-        frame = leaderboard(results, space, uri_prefix=uri_prefix)
+        frame = tune_leaderboard(run_dir, space, uri_prefix=uri_prefix)
         paths = write_leaderboard(frame, run_dir) + [f"{run_dir}/space.yaml"]
     finally:
         if started:
@@ -421,7 +420,7 @@ def run_sweep(
 
 
 def size_standalone(space: Space) -> Space:
-    """``epochs: auto`` for a run without a sweep (``trainables.fit``): the length of one full sweep trial."""
+    """``epochs: auto`` for a run without a sweep (``search.fit``): the length of one full sweep trial."""
     from trainables import DataConfig, load_dataset
 
     data = DataConfig.from_dict(data_dict(space), origin=space.origin)
@@ -661,7 +660,7 @@ def _early_end(space: Space, frame: Any, *, seconds: float, trials_budget: float
 def _ensemble_step(run_dir: str) -> int:
     """Stack the sweep's best trials into ``<run_dir>/ensemble``; the leaderboard is written already, so a
     failure here prints one line and sets the exit status, and the sweep's results stay."""
-    from trainables._errors import cli_error_line
+    from trainables.cli import cli_error_line
 
     print(flush=True)
     try:

@@ -3,7 +3,6 @@ experiment state, and the ensemble's metrics when it is built."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,10 @@ def live_leaderboard(root: Path, space: Space | None = None) -> Any:
     """The leaderboard as Tune's experiment state has it now (a running or interrupted sweep), or ``None``."""
     if not _state_files(root):
         return None
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    from ._leaderboard import leaderboard
+    from ._leaderboard import tune_leaderboard
 
     space = space or read_space(root)
-    analysis = ExperimentAnalysis(str(root), default_metric=space.search.metric, default_mode=space.search.mode)
-    frame = leaderboard(ResultGrid(analysis), space)
+    frame = tune_leaderboard(str(root), space)
     if not frame.empty:
         # Tune stores a running trial as PENDING (what it would restart as); one that reported epochs is under way.
         under_way = (frame["status"] == "pending") & (frame["epochs"] > 0)
@@ -59,22 +55,13 @@ def current_leaderboard(root: Path, space: Space) -> tuple[Any, str]:
 
 def ensemble_text(root: Path) -> str:
     """The ensemble's test metrics next to the best single member, or a line saying there is none yet."""
-    from types import SimpleNamespace
+    from ensemble import read_ensemble
 
-    from ensemble._report import format_comparison
-
-    bundle = root / "ensemble"
-    metrics_file = bundle / "metrics.json"
-    if not metrics_file.is_file():
+    built = read_ensemble(root / "ensemble")
+    if built is None:
         return f"ensemble: none yet; build it with python -m ensemble.build {root}"
-    metrics = json.loads(metrics_file.read_text())
-    manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
-    combiner = (manifest.get("combiner") or {}).get("name", "?")
-    members = ", ".join(str(m.get("trial_id")) for m in manifest.get("members") or [] if isinstance(m, dict))
-    summary = SimpleNamespace(metrics=metrics, best_single=manifest.get("best_single", "?"))
-    table = format_comparison(summary, task=str(manifest.get("task", "binary")))
-    lines = [f"ensemble ({combiner} of {members}), test split:"] + ["  " + ln for ln in table.splitlines()]
-    cv = {k.split(".", 2)[-1]: v for k, v in metrics.items() if k.startswith("val_cv.ensemble.")}
+    lines = [f"ensemble ({built.combiner} of {', '.join(built.members)}), test split:"] + ["  " + ln for ln in built.comparison().splitlines()]
+    cv = built.cv_metrics
     if cv:
         lines.append("  validation CV: " + ", ".join(f"{k} {v:.4f}" for k, v in cv.items() if isinstance(v, (int, float))))
     return "\n".join(lines)

@@ -20,10 +20,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from trainables._cache import DataConfig
-from trainables._errors import ConfigError, check_keys, did_you_mean
-from trainables._model import check_backbone
-from trainables._params import TrainParams
+from trainables import ConfigError, DataConfig, TrainParams, check_backbone, check_keys, did_you_mean
 
 SECTIONS = ("name", "include", "data", "fixed", "space", "search", "ensemble", "tracking", "storage", "ray")
 # Where `include: [presets/cxr_ast]` looks after the including file's own folder: the shipped spaces.

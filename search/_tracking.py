@@ -6,7 +6,6 @@ module only chooses them from the space's ``tracking`` section and logs the ense
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -104,10 +103,12 @@ def log_ensemble(cfg: MLflowConfig, *, run_dir: str, sweep: str) -> str | None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
+    from ensemble import read_ensemble
+
     root = Path(run_dir)
     bundle = root / "ensemble"
-    metrics_file = bundle / "metrics.json"
-    if not metrics_file.is_file():
+    built = read_ensemble(bundle)
+    if built is None:
         return None
     _quiet_mlflow()
     client = MlflowClient(tracking_uri=cfg.uri)
@@ -120,7 +121,7 @@ def log_ensemble(cfg: MLflowConfig, *, run_dir: str, sweep: str) -> str | None:
     try:
         stamp = int(time.time() * 1000)
         metrics = []
-        for key, value in json.loads(metrics_file.read_text()).items():
+        for key, value in built.metrics.items():
             pairs = [(f"{key}.lo", value[0]), (f"{key}.hi", value[1])] if isinstance(value, list) and len(value) == 2 else [(key, value)]
             for name, v in pairs:
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -128,10 +129,8 @@ def log_ensemble(cfg: MLflowConfig, *, run_dir: str, sweep: str) -> str | None:
         # MLflow takes at most 1000 metrics per batch.
         for i in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[i : i + 1000])
-        manifest = json.loads((bundle / "manifest.json").read_text()) if (bundle / "manifest.json").is_file() else {}
-        combiner = (manifest.get("combiner") or {}).get("name")
-        members = [m.get("trial_id") for m in manifest.get("members") or [] if isinstance(m, dict)]
-        for key, value in (("combiner", combiner), ("members", ",".join(str(m) for m in members)), ("best_single", manifest.get("best_single"))):
+        combiner = built.combiner if built.combiner != "?" else None
+        for key, value in (("combiner", combiner), ("members", ",".join(built.members)), ("best_single", built.manifest.get("best_single"))):
             if value:
                 client.log_param(run_id, key, str(value)[:500])
         report = root / "report.html"

@@ -10,7 +10,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from trainables._errors import ConfigError, cli_error_line
+from trainables import ConfigError
+from trainables.cli import cli_errors
+
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show Ray's own progress and logs")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
+    interrupted = (KeyboardInterrupt, 130, lambda _: "medsweep: interrupted; continue the sweep with --resume")
+    where = args.space or (f"--data {args.data}" if args.data else "search.run")
+    with cli_errors(where, debug=args.debug, also=[interrupted]) as cli:
         from ._run import describe, run_dir_of, run_sweep
         from ._space import load_space
 
@@ -76,16 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensemble=not args.no_ensemble,
             report=not args.no_report,
         )
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, args.space or (f"--data {args.data}" if args.data else "search.run")), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print("medsweep: interrupted; continue the sweep with --resume", file=sys.stderr)
-        return 130
+    return cli.status
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from trainables._errors import ConfigError, cli_error_line
+from trainables import ConfigError
+from trainables.cli import cli_errors
+
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     root = Path(args.run_dir)
-    try:
+    with cli_errors(str(root), debug=args.debug) as cli:
         if not root.is_dir():
             raise ConfigError("is not a folder; pass a sweep's run folder such as runs/cxr", origin=str(root))
         from ._leaderboard import format_table
@@ -47,12 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._html import write_html_report
 
             print(f"report: {write_html_report(root)}")
-    except ConfigError as exc:
-        if args.debug:
-            raise
-        print(cli_error_line(exc, str(root)), file=sys.stderr)
-        return 2
-    return 0
+    return cli.status
 
 
 if __name__ == "__main__":

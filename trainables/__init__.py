@@ -4,7 +4,7 @@ losses, augmentation, staged fine-tuning, Adaptive Sparse Training and metrics."
 from ._ast import ASTController
 from ._augment import AUGMENT_LEVELS, augment_batch, build_augment, mix_batch, preprocess
 from ._cache import DataConfig, Dataset, load_dataset, open_cached
-from ._errors import ConfigError
+from ._errors import ConfigError, check_keys, did_you_mean
 from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
 from ._losses import LOSSES, create_loss
@@ -15,9 +15,9 @@ from ._params import TrainParams
 from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
 from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
-from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
+from ._sources import IMAGE_EXTENSIONS, CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._volumes import NiftiSource
-from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
+from ._train import Trainer, TrainingDiverged, drop_resume_state, predictions_frame, train
 from ._params import TUNE_KEY
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "DicomSource",
     "FolderSource",
     "HEADS",
+    "IMAGE_EXTENSIONS",
     "LOSSES",
     "METRICS",
     "MedMNISTSource",
@@ -41,11 +42,13 @@ __all__ = [
     "SCHEDULERS",
     "Speed",
     "TrainParams",
+    "Trainer",
     "TrainingDiverged",
     "augment_batch",
     "build_augment",
     "build_classifier",
     "check_backbone",
+    "check_keys",
     "compute_metrics",
     "create_head",
     "create_loss",
@@ -53,6 +56,7 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "create_source",
+    "did_you_mean",
     "drop_resume_state",
     "load_dataset",
     "measure_speed",

@@ -24,6 +24,7 @@ from filelock import FileLock
 
 from ._errors import ConfigError
 from ._sources import SPLITS, SourceIndex, create_source
+from .artifacts import prepare_image
 
 CACHE_VERSION = 1
 _COMMON_KEYS = ("cache_dir", "on_bad_image", "channels")
@@ -139,27 +140,6 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
         return np.zeros(img.shape, np.uint8)
     # Per-image windowing: 16-bit X-rays rarely use the full 0..65535 range.
     return np.round((img - lo) * (255.0 / (hi - lo))).astype(np.uint8)
-
-
-def _prepare(img: np.ndarray, *, size: int, channels: int, preprocess: Mapping[str, Any] | None = None) -> np.ndarray:
-    from PIL import Image
-
-    img = _to_uint8(np.asarray(img))
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 3 and img.shape[2] == 4:
-        img = img[:, :, :3]
-    if preprocess:  # at full resolution, before resizing: border crop and CLAHE need the detail
-        from ._augment import preprocess as apply_preprocess
-
-        img = apply_preprocess(img, **preprocess)
-    if channels == 1 and img.ndim == 3:
-        img = np.asarray(Image.fromarray(img).convert("L"))
-    elif channels == 3 and img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.shape[0] != size or img.shape[1] != size:
-        img = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
-    return img.reshape(size, size, channels)
 
 
 def _guess_channels(index: SourceIndex) -> int:
@@ -288,7 +268,7 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
 
             def work(i: int, out=out, ok=ok, sp=sp, split=split) -> None:  # binds this split's arrays
                 try:
-                    out[i] = _prepare(sp.read(i), size=size, channels=channels, preprocess=preprocess)
+                    out[i] = prepare_image(sp.read(i), size=size, channels=channels, preprocess=preprocess)
                 except Exception as exc:  # noqa: BLE001 - every failure is listed, none crashes training
                     ok[i] = False
                     where = sp.paths[i] if sp.paths else f"{split}[{i}]"

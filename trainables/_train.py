@@ -21,14 +21,22 @@ from ._groups import pooled_metrics
 from ._metrics import compute_metrics
 from ._params import TUNE_KEY, TrainParams
 
-STATE_FILE = "state.pt"
-LAST_WEIGHTS = "model.safetensors"
-BEST_WEIGHTS = "best.safetensors"
-# What only resuming needs: optimizer, scheduler and RNG state, and the latest epoch's weights (Adam's state
-# alone is twice the weights). A finished or pruned trial keeps the rest: best weights, model.json, predictions.
-RESUME_FILES = (STATE_FILE, LAST_WEIGHTS)
-# Written into the trial folder when the loss diverges: Tune's retry (FailureConfig) would only diverge again.
-DIVERGED_FILE = "diverged.txt"
+# The files a trial leaves are the artifact contract's (trainables.artifacts).
+from .artifacts import (
+    BEST_WEIGHTS,
+    CHECKPOINT_DIR,
+    DIVERGED_FILE,
+    LAST_WEIGHTS,
+    METRICS_CSV,
+    PREDICTION_SPLITS,
+    RESUME_FILES,
+    STATE_FILE,
+    MemberSpec,
+    normalization,
+    predictions_file,
+    write_model_json,
+    write_predictions,
+)
 
 
 def train(config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -90,7 +98,7 @@ class _Run:
         self.tune = tune
         self.resume = resume
         if not tune and not resume:  # a fresh standalone run must not append to an old run's rows
-            for stale in ("metrics.csv", "predictions_val.parquet", "predictions_test.parquet"):
+            for stale in (METRICS_CSV, *(predictions_file(split) for split in PREDICTION_SPLITS)):
                 (out_dir / stale).unlink(missing_ok=True)
         self.config = {k: v for k, v in config.items() if not k.startswith("_")}
         self.torch = torch
@@ -155,11 +163,8 @@ class _Run:
             self.ema = ModelEmaV3(self.model, decay=p.ema_decay, use_warmup=True, device=self.device)
         self.energy = EnergyMeter(self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
-        mean = torch.tensor(self.ds.mean, device=self.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.ds.std, device=self.device).view(1, -1, 1, 1)
-        # uint8 -> normalised float in one multiply-add: (x/255 - mean)/std.
-        self.scale = 1.0 / (255.0 * std)
-        self.shift = -mean / std
+        # uint8 -> normalised float in one multiply-add: (x/255 - mean)/std, as a bundle does it.
+        self.scale, self.shift = normalization(self.ds.mean, self.ds.std, device=self.device)
         self.mix_gen = torch.Generator().manual_seed(p.seed + 1)
         self.start_epoch = 0
         self.current_epoch = 0
@@ -443,10 +448,7 @@ class _Run:
     def _write_predictions(self, val_probs: np.ndarray) -> None:
         test_probs, _ = self.predict("test")
         for split, probs in (("val", val_probs), ("test", test_probs)):
-            frame = predictions_frame(self.ds, split, probs)
-            tmp = self.out_dir / f".predictions_{split}.parquet.tmp"
-            frame.to_parquet(tmp, index=False)
-            os.replace(tmp, self.out_dir / f"predictions_{split}.parquet")
+            write_predictions(predictions_frame(self.ds, split, probs), self.out_dir, split)
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -478,27 +480,31 @@ class _Run:
             save_file(_contiguous(self.model.state_dict()), directory / LAST_WEIGHTS)
         if self.best_state is not None:
             save_file(_contiguous(self.best_state), directory / BEST_WEIGHTS)
-        (directory / "model.json").write_text(json.dumps(self._model_info(), indent=1))
+        write_model_json(directory, self._model_info())
         # The best epoch's predictions travel with the checkpoint: Tune persists checkpoints to
         # storage, while the trial directory may stay on a worker node.
         for split in ("val", "test"):
-            src = self.out_dir / f"predictions_{split}.parquet"
+            src = self.out_dir / predictions_file(split)
             if src.is_file():
                 shutil.copy2(src, directory / src.name)
 
     def _model_info(self) -> dict[str, Any]:
-        return {
-            "backbone": self.p.backbone,
-            "num_classes": self.ds.num_classes,
-            "in_chans": self.ds.channels,
-            "image_size": self.ds.image_size,
-            "task": self.ds.task,
-            "class_names": self.ds.class_names,
-            "mean": self.ds.mean,
-            "std": self.ds.std,
-            "head": self.p.head,
+        spec = MemberSpec(
+            backbone=self.p.backbone,
+            head=self.p.head,
+            num_classes=self.ds.num_classes,
+            channels=self.ds.channels,
+            image_size=self.ds.image_size,
+            mean=tuple(self.ds.mean),
+            std=tuple(self.ds.std),
+            preprocessing={"clahe": self.p.clahe, "border_crop": self.p.border_crop},
+            task=self.ds.task,
+            class_names=tuple(self.ds.class_names),
             # Added to the logits before softmax/sigmoid wherever the weights are used (the bundle too).
-            "logit_bias": self.logit_bias.view(-1).tolist() if self.logit_bias is not None else None,
+            logit_bias=tuple(self.logit_bias.view(-1).tolist()) if self.logit_bias is not None else None,
+        )
+        return {
+            **spec.to_model_json(),
             "params": asdict(self.p),
             "best_epoch": self.best_epoch,
             "best_score": self.best,
@@ -517,8 +523,8 @@ class _Run:
             if ckpt is not None:
                 tmp_ctx = ckpt.as_directory()
                 directory = Path(tmp_ctx.__enter__())
-        elif self.resume and (self.out_dir / "checkpoint" / STATE_FILE).is_file():
-            directory = self.out_dir / "checkpoint"
+        elif self.resume and (self.out_dir / CHECKPOINT_DIR / STATE_FILE).is_file():
+            directory = self.out_dir / CHECKPOINT_DIR
         if directory is None:
             return
         if not (directory / STATE_FILE).is_file():
@@ -548,7 +554,7 @@ class _Run:
             if (directory / BEST_WEIGHTS).is_file():
                 self.best_state = load_file(directory / BEST_WEIGHTS)
             for split in ("val", "test"):
-                src = directory / f"predictions_{split}.parquet"
+                src = directory / predictions_file(split)
                 if src.is_file() and src.parent != self.out_dir:
                     shutil.copy2(src, self.out_dir / src.name)
             self.start_epoch = int(state["epoch"])
@@ -569,13 +575,13 @@ class _Run:
                 self._save_checkpoint(Path(tmp))
                 ray.tune.report(row, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
             return
-        target = self.out_dir / "checkpoint"
+        target = self.out_dir / CHECKPOINT_DIR
         tmp = self.out_dir / ".checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self._save_checkpoint(tmp)
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
-        _append_csv(self.out_dir / "metrics.csv", row)
+        _append_csv(self.out_dir / METRICS_CSV, row)
         shown = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in row.items()
@@ -590,10 +596,50 @@ class _Run:
         # a second copy in the trial folder would double the disk a sweep leaves.
         if self.best_state is not None and not self.tune:
             save_file(_contiguous(self.best_state), self.out_dir / BEST_WEIGHTS)
-        (self.out_dir / "model.json").write_text(json.dumps(self._model_info(), indent=1))
-        if not (self.out_dir / "predictions_val.parquet").is_file() and self.best_state is not None:
+        write_model_json(self.out_dir, self._model_info())
+        if not (self.out_dir / predictions_file("val")).is_file() and self.best_state is not None:
             self.eval_model.load_state_dict(self.best_state)
             self._write_predictions(self.predict("val")[0])
+
+
+class Trainer(_Run):
+    """One standalone run driven step by step: what benchmarks time and notebooks poke at (``train`` runs
+    the whole loop, with checkpoints, early stopping and the trial's files).
+
+    Args:
+        params: the training parameters.
+        data: the data section.
+        out_dir: where the run may write (the data cache lives in ``data.cache_dir``).
+
+    Attributes:
+        ds: the prepared ``Dataset``; model, augment: the model and augmentation in use.
+
+    Example:
+        >>> t = Trainer(TrainParams(backbone="resnet18", epochs=2), DataConfig.from_dict({"source": "medmnist",
+        ...             "dataset": "pneumoniamnist"}), "runs/bench")
+        >>> t.train_epoch(0)["train_images_per_s"]       # doctest: +SKIP
+        1523.4
+        >>> probs, loss = t.predict("val")
+    """
+
+    def __init__(self, params: TrainParams, data: DataConfig, out_dir: str | os.PathLike[str]) -> None:
+        super().__init__(params, data, Path(out_dir), tune=False, resume=False, config={})
+
+    def train_epoch(self, epoch: int = 0) -> dict[str, float]:
+        """Train one epoch; the row of its training metrics (loss, seconds, images per second)."""
+        return self._train_epoch(epoch)
+
+    def train_batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One epoch's training batches as the sampler draws and augments them: uint8 images, labels."""
+        return self._train_batches()
+
+    def to_input(self, images: np.ndarray) -> Any:
+        """uint8 ``(N, S, S, C)`` images to the model's normalised float input on the run's device."""
+        return self._to_input(images)
+
+    def target(self, labels: np.ndarray) -> Any:
+        """Labels to the loss's target tensor on the run's device."""
+        return self._target(labels)
 
 
 def drop_resume_state(checkpoint: str | os.PathLike[str]) -> int:

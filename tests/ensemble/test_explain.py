@@ -44,7 +44,7 @@ def test_the_combined_map_is_the_weighted_mean_of_the_members(sweep):
 
 def test_the_target_layer_is_the_last_convolution_that_still_sees_space(sweep):
     bundle = load(sweep.bundle)
-    x = bundle._tensor(bundle.prepare([np.zeros((32, 32), np.uint8)]), 0)
+    x = bundle.model_input(bundle.prepare([np.zeros((32, 32), np.uint8)]), 0)
     name, layer = last_conv_layer(bundle.models[0], x)
     assert isinstance(layer, __import__("torch").nn.Conv2d)
     assert name.startswith("layer3")  # test_resnet's layer4 is 1x1 at 32 px

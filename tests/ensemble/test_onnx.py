@@ -128,7 +128,7 @@ def test_a_logit_bias_is_applied_by_the_bundle_and_the_graph(multiclass, tmp_pat
     i = bundle.members.index(spec)
     images = generated_images(6, 32, 1)
     with torch.inference_mode():
-        logits = bundle.models[i](bundle._tensor(images, i)).float()
+        logits = bundle.models[i](bundle.model_input(images, i)).float()
     member = bundle.member_proba(images)[i]
     assert np.allclose(member, torch.softmax(logits + torch.tensor(spec["logit_bias"]), 1).numpy(), atol=1e-6)
     assert np.abs(member - torch.softmax(logits, 1).numpy()).max() > 0.01  # the bias moves the probabilities

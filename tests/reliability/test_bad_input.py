@@ -214,7 +214,7 @@ DATA_CASES: dict[str, Callable] = {f.__name__: f for f in (
 
 def _main(command: str):
     if command == "fit":
-        from trainables.fit import main
+        from search.fit import main
     elif command == "run":
         from search.run import main
     elif command == "build":

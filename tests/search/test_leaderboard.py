@@ -45,9 +45,11 @@ def fake(trial_id: str, status: str, aurocs: list[float], *, error=None, epochs:
 
 
 class FakeGrid(list):
+    """Results and, as ``ExperimentAnalysis.trials`` holds them, the trials in the same order."""
+
     def __init__(self, pairs):
         super().__init__(r for r, _ in pairs)
-        self._experiment_analysis = SimpleNamespace(trials=[t for _, t in pairs])
+        self.trials = [t for _, t in pairs]
 
 
 def test_statuses_best_last_and_order(space):
@@ -58,7 +60,7 @@ def test_statuses_best_last_and_order(space):
         fake("d", "RUNNING", [0.95, 0.96]),
         fake("e", "TERMINATED", [0.91, 0.92], epochs=2),  # a trial with 2 epochs finished them
     ])
-    board = leaderboard(grid, space).set_index("trial_id")
+    board = leaderboard(grid, space, trials=grid.trials).set_index("trial_id")
     assert board["status"].to_dict() == {"a": "finished", "b": "pruned", "c": "errored", "d": "running", "e": "finished"}
     assert list(board.index) == ["e", "a", "b", "d", "c"]  # finished/pruned by best, then running, then errored
     assert board.loc["a", "best"] == 0.9 and board.loc["a", "last"] == 0.8 and board.loc["a", "best_epoch"] == 2
@@ -71,7 +73,8 @@ def test_statuses_best_last_and_order(space):
 
 
 def test_written_files_and_table(space, tmp_path):
-    board = leaderboard(FakeGrid([fake("a", "TERMINATED", [0.7, 0.9, 0.8]), fake("b", "ERROR", [], error=ValueError("boom"))]), space)
+    grid = FakeGrid([fake("a", "TERMINATED", [0.7, 0.9, 0.8]), fake("b", "ERROR", [], error=ValueError("boom"))])
+    board = leaderboard(grid, space, trials=grid.trials)
     paths = write_leaderboard(board, str(tmp_path))
     assert [p.rsplit("/", 1)[1] for p in paths] == ["leaderboard.parquet", "leaderboard.csv"]
     assert pd.read_parquet(paths[0])["trial_id"].tolist() == ["a", "b"]
@@ -92,3 +95,18 @@ def test_written_files_and_table(space, tmp_path):
 )
 def test_error_line(error, line):
     assert error_line(error) == line
+
+
+def test_columns_and_statuses_are_the_contracts(space, tmp_path):
+    """The written board starts with LEADERBOARD_COLUMNS, holds only STATUSES, and read_leaderboard reads it back."""
+    from trainables.artifacts import LEADERBOARD_COLUMNS, STATUSES, read_leaderboard
+
+    grid = FakeGrid([fake("a", "TERMINATED", [0.7, 0.9], epochs=2), fake("b", "TERMINATED", [0.6]), fake("c", "PENDING", []),
+                     fake("d", "ERROR", [], error=ValueError("loss is nan"))])
+    board = leaderboard(grid, space, trials=grid.trials)
+    assert tuple(board.columns[: len(LEADERBOARD_COLUMNS)]) == LEADERBOARD_COLUMNS
+    assert set(board["status"]) <= set(STATUSES) and {"finished", "pruned", "pending"} <= set(board["status"])
+    write_leaderboard(board, str(tmp_path))
+    assert read_leaderboard(tmp_path)["trial_id"].tolist() == board["trial_id"].tolist()
+    with pytest.raises(ConfigError, match=r"no leaderboard\.parquet"):
+        read_leaderboard(tmp_path / "elsewhere")

@@ -297,3 +297,14 @@ def test_show_bad_folders_fail_with_one_line(tmp_path, argv, match):
 
     rc, _, err = run_main(show, argv or [str(tmp_path)])
     assert rc == 2 and len(err.strip().splitlines()) == 1 and re.search(match, err), err
+
+
+def test_the_report_names_the_recorded_folds(tmp_path):
+    """report.html said "k-fold CV" whatever the bundle held: it read a key the manifest never writes."""
+    from search._html import _ensemble_metrics
+    from tests.ensemble.test_built import MANIFEST, write
+
+    write(tmp_path / "ensemble")
+    assert "chosen by 3-fold CV on validation" in _ensemble_metrics(tmp_path)
+    write(tmp_path / "ensemble", manifest={**MANIFEST, "combiner": {"name": "mean", "state": {"n_folds": 5}}})
+    assert "chosen by 5-fold CV on validation" in _ensemble_metrics(tmp_path)

@@ -1,4 +1,4 @@
-"""``python -m trainables.fit``: a real run, and bad input ending in one line with exit code 2."""
+"""``python -m search.fit``: a real run, and bad input ending in one line with exit code 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from trainables.fit import main
+from search.fit import main
 
 from .conftest import write_learnable_folder
 
@@ -69,7 +69,7 @@ def test_bad_input_ends_in_one_line_and_exit_2(tmp_path, capsys, what, data, set
 
 def test_cli_as_a_process_has_no_traceback(tmp_path):
     s = space(tmp_path, f"{{source: folder, root: {tmp_path / 'nowhere'}}}")
-    proc = subprocess.run([sys.executable, "-m", "trainables.fit", str(s), "--out", str(tmp_path / "o")],
+    proc = subprocess.run([sys.executable, "-m", "search.fit", str(s), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -78,10 +78,10 @@ def test_cli_as_a_process_has_no_traceback(tmp_path):
 
 def test_fit_picks_the_best_epoch_by_the_spaces_metric(tmp_path, monkeypatch):
     """A standalone run selects its best epoch (and so its predictions) as the space's sweep would."""
-    import trainables._train
+    import trainables
 
     seen = {}
-    monkeypatch.setattr(trainables._train, "train", lambda config: seen.update(config) or {"best_score": 0.5})
+    monkeypatch.setattr(trainables, "train", lambda config: seen.update(config) or {"best_score": 0.5})
     s = space(tmp_path, f"{{source: medmnist, dataset: bloodmnist, root: {tmp_path}}}")
     s.write_text(s.read_text() + "search: {metric: val_accuracy, mode: max}\n")
     assert main([str(s), "--out", str(tmp_path / "out")]) == 0
@@ -89,3 +89,13 @@ def test_fit_picks_the_best_epoch_by_the_spaces_metric(tmp_path, monkeypatch):
     s.write_text(s.read_text().replace("fixed: {", "fixed: {select_metric: val_auprc, "))
     assert main([str(s), "--out", str(tmp_path / "out")]) == 0
     assert seen["select_metric"] == "val_auprc"  # an explicit choice wins
+
+
+def test_the_old_command_names_the_new_one(tmp_path):
+    """``python -m trainables.fit`` moved to ``search.fit`` (trainables import nothing of search): one line, exit 2."""
+    s = space(tmp_path, f"{{source: folder, root: {tmp_path / 'nowhere'}}}")
+    proc = subprocess.run([sys.executable, "-m", "trainables.fit", str(s), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["medsweep: error: python -m trainables.fit is now python -m search.fit (same arguments), or medsweep-fit"]
+    assert not (tmp_path / "o").exists()

@@ -264,7 +264,7 @@ def test_dicom_monochrome1_is_inverted():
 def test_dicom_source_checks_given_splits_and_trains_two_epochs_through_fit(tmp_path, capsys):
     import yaml
 
-    from trainables.fit import main
+    from search.fit import main
 
     csv = ct_series_csv(tmp_path)
     data = {"source": "dicom", "root": str(shared(*CT, "dicom")), "labels_csv": str(csv), "key_column": "uid",
@@ -568,7 +568,7 @@ def test_pool_by_group_mean_and_max():
 def test_volume_labels_train_with_pooled_volume_metrics(tmp_path):
     import yaml
 
-    from trainables.fit import main
+    from search.fit import main
 
     root = write_volumes(tmp_path)
     data = {"source": "nifti", "volumes": str(root), "labels_csv": str(root / "volumes.csv"), "label_columns": "finding",

@@ -1,4 +1,4 @@
-"""Every shipped recipe preset runs standalone through ``python -m trainables.fit`` (tiny data, 2 epochs)."""
+"""Every shipped recipe preset runs standalone through ``python -m search.fit`` (tiny data, 2 epochs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from search import load_space
-from trainables.fit import main
+from search.fit import main
 
 from .conftest import shared_npz, write_learnable_folder
 
