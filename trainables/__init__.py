@@ -12,10 +12,12 @@ from ._metrics import compute_metrics
 from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
+from ._registry import Interval, Options, Registry, StrOptions, registries
+from ._sampling import SAMPLERS
 from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
 from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
-from ._sources import CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
+from ._sources import SOURCES, CSVSource, Source, FolderSource, MedMNISTSource, create_source, read_image_file
 from ._volumes import NiftiSource
 from ._train import TrainingDiverged, drop_resume_state, predictions_frame, train
 
@@ -24,6 +26,14 @@ REPORTED_METRICS = ("val_volume_auroc", "val_volume_accuracy", "val_volume_auprc
 
 __all__ = [
     "REPORTED_METRICS",
+    "Interval",
+    "Options",
+    "Registry",
+    "SAMPLERS",
+    "SOURCES",
+    "Source",
+    "StrOptions",
+    "registries",
     "AUGMENT_LEVELS",
     "ASTController",
     "CSVSource",

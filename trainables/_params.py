@@ -160,12 +160,6 @@ class TrainParams:
         bound("ema_decay", 0 < self.ema_decay < 1, "in (0, 1), e.g. 0.999")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
         bound("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
-        bound("focal_gamma", self.focal_gamma >= 0, ">= 0")
-        bound("focal_alpha", self.focal_alpha is None or 0 <= self.focal_alpha <= 1, "in [0, 1] or null")
-        bound("asl_gamma_pos", self.asl_gamma_pos >= 0, ">= 0")
-        bound("asl_gamma_neg", self.asl_gamma_neg >= 0, ">= 0")
-        bound("asl_clip", 0 <= self.asl_clip < 1, "in [0, 1)")
-        bound("sampler", self.sampler in ("random", "balanced"), "random or balanced")
         bound("momentum", 0 <= self.momentum < 1, "in [0, 1)")
         bound("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
         bound("min_lr", self.min_lr >= 0, ">= 0")
@@ -189,26 +183,38 @@ class TrainParams:
         bound("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]")
         bound("mix_alpha", self.mix_alpha > 0, "> 0")
         bound("aug_threads", self.aug_threads is None or self.aug_threads >= 1, "an integer >= 1 or null")
-        from ._augment import AUGMENT_LEVELS
-        from ._heads import HEADS
-        from ._losses import LOSSES
-        from ._optim import OPTIMIZERS, SCHEDULERS
+        from ._augment import AUGMENT
+        from ._heads import HEAD
+        from ._losses import LOSS
+        from ._optim import OPTIMIZER, SCHEDULER
         from ._prior import PRIOR_CORRECTIONS
+        from ._registry import check_option
+        from ._sampling import SAMPLER
 
-        for name, valid in (
-            ("head", sorted(HEADS)),
-            ("loss", ["auto", *sorted(LOSSES)]),
-            ("optimizer", list(OPTIMIZERS)),
-            ("scheduler", list(SCHEDULERS)),
-            ("augment", list(AUGMENT_LEVELS)),
-            ("prior_correction", list(PRIOR_CORRECTIONS)),
+        # Each named choice is checked by its registry, with the one unknown-name message.
+        for name, registry, also in (
+            ("head", HEAD, ()),
+            ("loss", LOSS, ("auto",)),
+            ("optimizer", OPTIMIZER, ()),
+            ("scheduler", SCHEDULER, ()),
+            ("augment", AUGMENT, ()),
+            ("sampler", SAMPLER, ()),
         ):
             value = getattr(self, name)
-            if value not in valid:
-                raise ConfigError(
-                    f"unknown {name} {value!r}{did_you_mean(value, valid)}; valid: {', '.join(valid)}",
-                    origin=origin, field=prefix + name,
-                )
+            if value not in also and value not in registry:
+                raise registry.unknown(value, origin=origin, field=prefix + name, also=also)
+        # Every loss's options, whichever loss is chosen (a space searches several), by their declared constraints.
+        for _, entry in LOSS.items():
+            for option, constraints in entry.options.items():
+                key = entry.meta.get("params", {}).get(option, option)
+                check_option(key, getattr(self, key), constraints, origin=origin, field=prefix + key)
+        valid = list(PRIOR_CORRECTIONS)
+        if self.prior_correction not in valid:
+            raise ConfigError(
+                f"unknown prior_correction {self.prior_correction!r}{did_you_mean(self.prior_correction, valid)}; "
+                f"valid: {', '.join(valid)}",
+                origin=origin, field=prefix + "prior_correction",
+            )
         if self.unfreeze_epoch is not None and self.freeze_epochs and self.unfreeze_epoch != self.freeze_epochs:
             raise ConfigError(
                 "`freeze_epochs` and `unfreeze_epoch` are the same setting and disagree; give only one",

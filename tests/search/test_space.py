@@ -66,7 +66,7 @@ ERRORS = [
     (BASE.replace("fixed: {epochs: 3}", "fixed: {epochs: 3, backbone: resnet18}"), r"fixed\.backbone: 'backbone' is both fixed and searched"),
     (BASE.replace("fixed: {epochs: 3}", "fixed: {epochs: 3, backbone: resnt50}").replace("  backbone: {type: categorical, choices: [resnet18, resnet34]}\n", ""), r"fixed\.backbone: unknown timm backbone 'resnt50'; close names: .*resnet50"),
     (BASE.replace("dataset: pneumoniamnist", "dataset: pneumonia"), r"data\.dataset: unknown MedMNIST dataset 'pneumonia'; did you mean 'pneumoniamnist'"),
-    (BASE.replace("source: medmnist", "source: dicm"), r"data\.source: unknown data source 'dicm'; did you mean 'dicom'\?; valid: csv, dicom, folder, medmnist, nifti"),
+    (BASE.replace("source: medmnist", "source: dicm"), r"data\.source: Unknown data source 'dicm'; valid: csv, dicom, folder, medmnist, nifti; did you mean 'dicom'\?"),
     ("fixed: {epochs: 3}\n", r"missing `data:` section"),
 ]
 
