@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
 from numbers import Integral, Real
@@ -703,7 +704,7 @@ class Source(Protocol):
 # exists, a name is known) is each source's ``validate``.
 _ANNOTATION_CONSTRAINTS: dict[str, list[Any]] = {
     "str": [str], "int": [Integral], "float": [Real], "bool": [bool], "None": [None],
-    "list[str]": [list], "tuple[str, ...]": [tuple], "Mapping[Any, str]": [Mapping], "Any": [object],
+    "list[str]": [list], "tuple[str, ...]": [tuple], "Mapping[Any, str]": [abc.Mapping], "Any": [object],
 }
 SOURCE = Registry("data source", field="source")
 SOURCES = SOURCE  # the names, as before
