@@ -7,7 +7,7 @@ from ._cache import DataConfig, Dataset, load_dataset, open_cached
 from ._errors import ConfigError
 from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
-from ._losses import LOSSES, create_loss
+from ._losses import LOSSES, create_loss, list_losses, register_loss
 from ._metrics import compute_metrics
 from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
@@ -65,6 +65,7 @@ __all__ = [
     "create_scheduler",
     "create_source",
     "drop_resume_state",
+    "list_losses",
     "load_dataset",
     "measure_speed",
     "mix_batch",
@@ -74,5 +75,6 @@ __all__ = [
     "preprocess",
     "prior_logit_bias",
     "read_image_file",
+    "register_loss",
     "train",
 ]

@@ -6,7 +6,8 @@ softmax over ``num_classes`` logits and take class indices ``(N,)`` or soft targ
 (CutMix/MixUp); multi-label uses a sigmoid per label, with ``-1`` marking an unknown label.
 
 Which loss fits which task, and the options each declares (``create_loss`` checks them and refuses
-another loss's option; the trainer maps them from ``TrainParams`` with ``loss_options``):
+another loss's option; in ``TrainParams`` and YAML an option is ``<loss>_<option>``, e.g. ``focal_gamma``,
+except the shared ``label_smoothing``):
 
 ============  ===============================  ==================================================
 loss          tasks                            options
@@ -47,6 +48,7 @@ __all__ = [
     "SoftmaxFocalLoss",
     "create_loss",
     "list_losses",
+    "loss_fields",
     "loss_options",
     "register_loss",
 ]
@@ -256,11 +258,30 @@ def list_losses(task: str | None = None) -> list[str]:
     return sorted(n for n, e in LOSS.items() if task is None or task in e.meta.get("tasks", TASKS))
 
 
+# Options every loss shares keep their own name in ``TrainParams``; any other is ``<loss>_<option>``.
+SHARED_OPTIONS = ("label_smoothing",)
+
+
+def loss_fields() -> dict[str, tuple[str, str]]:
+    """Every loss option's ``TrainParams`` / YAML key -> ``(loss, option)``: ``focal_gamma`` -> ``("focal", "gamma")``."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, entry in LOSS.items():
+        for option in entry.options:
+            out[option if option in SHARED_OPTIONS else f"{name}_{option}"] = (name, option)
+    return out
+
+
 def loss_options(name: str, params: Any) -> dict[str, Any]:
-    """The options of loss ``name`` read off ``TrainParams`` (an entry's ``params`` meta maps option -> field)."""
+    """The options of loss ``name`` read off ``TrainParams``: its field, or its ``options`` entry, or the default."""
     entry = LOSS.get(name)
-    fields = entry.meta.get("params", {})
-    return {opt: getattr(params, fields.get(opt, opt)) for opt in entry.options}
+    out = {}
+    for option in entry.options:
+        key = option if option in SHARED_OPTIONS else f"{name}_{option}"
+        if hasattr(params, key):
+            out[option] = getattr(params, key)
+        elif key in getattr(params, "options", {}):
+            out[option] = params.options[key]
+    return out
 
 
 def _weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
@@ -289,7 +310,6 @@ def _weighted_ce(
     "focal",
     options={**_SMOOTHING, "gamma": _GAMMA, "alpha": [Interval(Real, 0, 1, closed="both"), None]},
     tasks=SINGLE_LABEL + MULTI_LABEL,
-    params={"gamma": "focal_gamma", "alpha": "focal_alpha"},
 )
 def _focal(
     *,
@@ -325,7 +345,6 @@ def _focal(
     "asl",
     options={**_SMOOTHING, "gamma_pos": _GAMMA, "gamma_neg": _GAMMA, "clip": [Interval(Real, 0, 1, closed="left")]},
     tasks=MULTI_LABEL,
-    params={"gamma_pos": "asl_gamma_pos", "gamma_neg": "asl_gamma_neg", "clip": "asl_clip"},
 )
 def _asl(
     *,
