@@ -12,10 +12,11 @@ from ._card import model_card
 from ._metrics import bootstrap_ci, evaluate, expected_calibration_error
 from ._report import Summary, summarise
 from ._select import EnsembleSettings, Member, Selection, select_members
-from ._stacking import COMBINERS, StackingEnsemble
+from ._stacking import COMBINERS, Combiner, StackingEnsemble, register_combiner
 
 __all__ = [
     "COMBINERS",
+    "Combiner",
     "BuildResult",
     "Bundle",
     "EnsembleSettings",
@@ -32,6 +33,7 @@ __all__ = [
     "export_onnx",
     "load",
     "model_card",
+    "register_combiner",
     "select_members",
     "summarise",
     "verify_bundle",

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from numbers import Integral
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
-
-from numbers import Integral
-from typing import ClassVar
 
 from trainables import ConfigError, Interval, Registry
 from trainables._errors import did_you_mean

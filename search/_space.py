@@ -1022,7 +1022,8 @@ def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
     if value is None:
         return SamplerConfig()
     raw = _typed_section(value, origin, where, SAMPLERS, "{type: tpe, seed: 0}")
-    check_keys(raw, ("type", "seed", "n_startup_trials"), origin=origin, prefix=where, what="the sampler")
+    declared = {option for _, entry in SAMPLER.items() for option in entry.options}  # seed, n_startup_trials
+    check_keys(raw, ("type", *sorted(declared)), origin=origin, prefix=where, what="the sampler")
     seed = _number(raw, "seed", origin=origin, where=where, kind=int, minimum=0, optional=True)
     startup = _number(raw, "n_startup_trials", origin=origin, where=where, kind=int, minimum=1, optional=True)
     kind = raw["type"]

@@ -19,7 +19,7 @@ CONTRIBUTING = Path(__file__).resolve().parents[1] / "CONTRIBUTING.md"
 def _example_code() -> str:
     text = CONTRIBUTING.read_text(encoding="utf-8")
     section = text.split("### Example: a loss with one option", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    return re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
 
 
 @pytest.fixture

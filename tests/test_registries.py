@@ -14,7 +14,6 @@ import pytest
 import torch
 
 import ensemble  # noqa: F401 - its registries join on import
-import search  # noqa: F401
 import search._samplers  # noqa: F401 - imported lazily by the sweep
 from trainables import ConfigError, Interval, Registry, registries
 from trainables._registry import check_option

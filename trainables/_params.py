@@ -40,6 +40,8 @@ class TrainParams:
             (the validation split's) or ``none`` (as trained).
         ema: evaluate and keep an exponential moving average of the weights (timm's ``ModelEmaV3``).
         ema_decay: the average's decay per optimizer step (with timm's warm-up for short runs).
+        options: options that registered losses declare beyond these fields, as ``<loss>_<option>``
+            (CONTRIBUTING.md's ``poly1_epsilon``); a space file gives them as top-level keys.
     """
 
     backbone: str = "resnet18"
@@ -163,19 +165,11 @@ class TrainParams:
         bound("batch_size", self.batch_size >= 2, "an integer >= 2 (batch norm needs two samples)")
         bound("weight_decay", self.weight_decay >= 0, ">= 0")
         bound("image_size", self.image_size is None or self.image_size >= 8, "an integer >= 8")
-        bound("drop_rate", 0 <= self.drop_rate < 1, "in [0, 1)")
         bound("threads", self.threads is None or self.threads >= 1, "an integer >= 1")
         bound("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         bound("epoch_samples", self.epoch_samples is None or self.epoch_samples >= 2, "an integer >= 2 or null (one pass)")
         bound("ema_decay", 0 < self.ema_decay < 1, "in (0, 1), e.g. 0.999")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
-        bound("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
-        bound("momentum", 0 <= self.momentum < 1, "in [0, 1)")
-        bound("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
-        bound("min_lr", self.min_lr >= 0, ">= 0")
-        bound("step_epochs", self.step_epochs >= 1, "an integer >= 1")
-        bound("decay_rate", 0 < self.decay_rate <= 1, "in (0, 1]")
-        bound("plateau_patience", self.plateau_patience >= 0, "an integer >= 0")
         bound("accum_steps", self.accum_steps >= 1, "an integer >= 1")
         bound("clip_grad_norm", self.clip_grad_norm is None or self.clip_grad_norm > 0, "> 0 or null")
         bound("early_stop_patience", self.early_stop_patience is None or self.early_stop_patience >= 1, "an integer >= 1 or null")
@@ -215,6 +209,14 @@ class TrainParams:
                 raise registry.unknown(value, origin=origin, field=prefix + name, also=also)
         if not isinstance(self.options, Mapping):
             raise ConfigError(f"must be a mapping of loss options, got {self.options!r}", origin=origin, field=prefix + "options")
+        # Options of the other registries that are fields here (drop_rate, momentum, warmup_epochs, ...),
+        # by the constraints their entries declare: whichever entry is chosen, as a space may search several.
+        fields = type(self).__dataclass_fields__
+        for registry in (HEAD, OPTIMIZER, SCHEDULER):
+            for _, entry in registry.items():
+                for key, constraints in entry.options.items():
+                    if key in fields:
+                        check_option(key, getattr(self, key), constraints, origin=origin, field=prefix + key)
         # Every loss's options, whichever loss is chosen (a space searches several), by their declared constraints.
         for key, (loss, option) in loss_fields().items():
             value = getattr(self, key) if key in type(self).__dataclass_fields__ else self.options.get(key)
