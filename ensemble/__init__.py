@@ -13,10 +13,11 @@ from ._card import model_card
 from ._metrics import bootstrap_ci, evaluate, expected_calibration_error, score
 from ._report import Summary, format_comparison, summarise
 from ._select import EnsembleSettings, Member, Selection, select_members
-from ._stacking import COMBINERS, StackingEnsemble
+from ._stacking import COMBINERS, Combiner, StackingEnsemble, register_combiner
 
 __all__ = [
     "COMBINERS",
+    "Combiner",
     "BuildResult",
     "BuiltEnsemble",
     "Bundle",
@@ -36,6 +37,7 @@ __all__ = [
     "load",
     "model_card",
     "read_ensemble",
+    "register_combiner",
     "score",
     "select_members",
     "summarise",

@@ -112,10 +112,7 @@ class EnsembleSettings:
                 )
             for name in names:
                 if name not in COMBINERS:
-                    raise ConfigError(
-                        f"Unknown combiner {name!r}{did_you_mean(str(name), COMBINERS)}; valid: {', '.join(COMBINERS)}",
-                        origin=origin, field=f"{prefix}.combiners",
-                    )
+                    raise COMBINERS.unknown(name, origin=origin, field=f"{prefix}.combiners")
             values["combiners"] = tuple(str(n) for n in names)
         for key, valid in (("threshold", THRESHOLDS), ("metric", _STACKING_METRICS), ("selection", SELECTIONS),
                            ("weights_dtype", WEIGHTS_DTYPES)):

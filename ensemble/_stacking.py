@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from numbers import Integral
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from trainables import ConfigError, did_you_mean
+from trainables import ConfigError, Interval, Registry, did_you_mean
 
 from ._metrics import LOWER_IS_BETTER, check_probs_labels, check_task, score
 
-__all__ = ["COMBINERS", "StackingEnsemble"]
+__all__ = ["COMBINER", "COMBINERS", "Combiner", "StackingEnsemble", "register_combiner"]
 
-# Simplicity order: a tie in CV score goes to the earlier one. `best` (the single member that scores best on
-# the training folds) is a candidate so that the chosen combiner never scores below it out of fold.
-COMBINERS = ("mean", "best", "greedy", "logistic", "mlp")
+# Registration order is simplicity order: a tie in CV score goes to the earlier one. `best` (the single member
+# that scores best on the training folds) is a candidate so that the chosen combiner never scores below it out of fold.
+COMBINER = Registry("combiner", field="combiners")
+COMBINERS = COMBINER  # the names, in simplicity order: mean, best, greedy, logistic, mlp
+register_combiner = COMBINER.register
 THRESHOLDS = ("youden", "argmax")
-# Combiners whose fitted params are {"weights": [one per member]}: a weighted mean of the members
-# (``best``, the single best member, is one-hot).
-WEIGHTED = ("greedy", "best")
 METRICS = ("auroc", "log_loss", "accuracy")
 FORMAT = 1
 
@@ -42,16 +42,9 @@ _BOUND_TOL = 0.02
 
 def _grid(name: str, mlp_hidden: int, greedy_rounds: int) -> list[dict[str, Any]]:
     """A combiner's settings to cross-validate, simplest (most regularised) first so ties go to it."""
-    if name in ("mean", "best"):
-        return [{}]
-    if name == "greedy":
-        return [{"rounds": greedy_rounds}]
-    if name == "logistic":
-        return [{"C": c} for c in (0.1, 1.0, 10.0)]
-    # scikit-learn divides alpha by the number of rows; on validation-sized data (hundreds of rows) the
-    # usual 1e-4 leaves a 256-unit MLP free to memorise (CV log loss 3-7 against logistic's 0.76 in a
-    # 4-class trial), while alpha 1-10 makes it competitive, so the grid spans the strong end
-    return [{"alpha": a, "hidden": mlp_hidden} for a in (10.0, 1.0, 1e-2)]
+    entry = COMBINER.get(name)
+    given = {"hidden": mlp_hidden, "rounds": greedy_rounds}
+    return COMBINER.create(name, **{k: v for k, v in given.items() if k in entry.options}).grid()
 
 
 class StackingEnsemble:
@@ -122,11 +115,7 @@ class StackingEnsemble:
         if not names:
             raise ConfigError(f"needs at least one combiner; valid: {', '.join(COMBINERS)}", field="combiners")
         for name in names:
-            if name not in COMBINERS:
-                raise ConfigError(
-                    f"Unknown combiner {name!r}{did_you_mean(str(name), COMBINERS)}; valid: {', '.join(COMBINERS)}",
-                    field="combiners",
-                )
+            COMBINER.get(name)
         if self.metric not in METRICS:
             raise ConfigError(
                 f"Unknown metric {self.metric!r}{did_you_mean(str(self.metric), METRICS)}; valid: {', '.join(METRICS)}",
@@ -323,8 +312,7 @@ class StackingEnsemble:
         if missing:
             raise ValueError(f"stacking dict lacks {', '.join(missing)}")
         task = check_task(d["task"])
-        if d["combiner"] not in COMBINERS:
-            raise ConfigError(f"Unknown combiner {d['combiner']!r}; valid: {', '.join(COMBINERS)}", field="combiner")
+        COMBINER.get(d["combiner"], field="combiner")
         options = dict(d.get("options") or {})
         ens = cls(task=task, **{key: options[key] for key in ("combiners", "n_folds", "mlp_hidden", "greedy_rounds", "temperature", "class_bias", "metric", "seed", "threshold") if key in options})
         ens.combiner_ = d["combiner"]
@@ -442,22 +430,12 @@ def _group_splits(y: np.ndarray, multi: bool, n_folds: int, seed: int, groups: n
 
 def _fit_grid(name: str, grid: list[dict[str, Any]], P: np.ndarray, y: np.ndarray, task: str, metric: str, seed: int) -> list[dict[str, Any]]:
     """Fitted parameters of one combiner at every setting of its grid on (P, y), in grid order."""
-    if task == "multi-label" and name in ("logistic", "mlp"):
-        return _fit_label_heads(name, grid, P, y, seed)
-    return [_fit_combiner(name, settings, P, y, task, metric, seed) for settings in grid]
+    return COMBINER.create(name).fit_grid(grid, P, y, task=task, metric=metric, seed=seed)
 
 
 def _fit_combiner(name: str, settings: dict[str, Any], P: np.ndarray, y: np.ndarray, task: str, metric: str, seed: int) -> dict[str, Any]:
     """Fitted parameters of one combiner on (P, y), as lists and floats."""
-    if name == "mean":
-        return {}
-    if name == "best":
-        return _fit_best(P, y, task, metric)
-    if name == "greedy":
-        return _fit_greedy(P, y, task, int(settings["rounds"]), metric)
-    if task == "multi-label":
-        return _fit_label_heads(name, [settings], P, y, seed)[0]
-    return _fit_head(name, settings, _features(P, task), y, seed)
+    return COMBINER.create(name).fit(settings, P, y, task=task, metric=metric, seed=seed)
 
 
 def _fit_best(P: np.ndarray, y: np.ndarray, task: str, metric: str) -> dict[str, Any]:
@@ -780,32 +758,143 @@ def _fit_head(name: str, settings: dict[str, Any], X: np.ndarray, y: np.ndarray,
 
 def _combine(name: str, params: dict[str, Any], P: np.ndarray, task: str) -> np.ndarray:
     """(N, K) combined probabilities before normalisation and temperature."""
-    if name == "mean":
+    if name not in COMBINER:
+        raise ValueError(f"unknown combiner {name!r}")
+    return COMBINER.create(name).combine(params, P, task=task)
+
+
+# ---------------------------------------------------------------- the combiners
+
+
+class Combiner:
+    """A way to combine members' probabilities ``P`` (n_members, N, K) into one ``(N, K)``.
+
+    ``grid()`` lists the settings to cross-validate (simplest first); ``fit`` returns JSON-ready fitted
+    parameters for one setting; ``combine`` applies them with numpy only, so a bundle rebuilt from its
+    JSON predicts the same. The constructor's keyword options are what the registry declares.
+    """
+
+    name: ClassVar[str] = ""
+
+    def grid(self) -> list[dict[str, Any]]:
+        return [{}]
+
+    def fit(self, settings: dict[str, Any], P: np.ndarray, y: np.ndarray, *, task: str, metric: str, seed: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fit_grid(self, grid: list[dict[str, Any]], P: np.ndarray, y: np.ndarray, *, task: str, metric: str, seed: int) -> list[dict[str, Any]]:
+        return [self.fit(settings, P, y, task=task, metric=metric, seed=seed) for settings in grid]
+
+    def combine(self, params: dict[str, Any], P: np.ndarray, *, task: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+@register_combiner("mean")
+class MeanCombiner(Combiner):
+    """The members' plain average."""
+
+    name = "mean"
+
+    def fit(self, settings, P, y, *, task, metric, seed):
+        return {}
+
+    def combine(self, params, P, *, task):
         return P.mean(0)
-    if name in WEIGHTED:  # greedy, and best (one-hot): a weighted mean of the members
+
+
+class _WeightedCombiner(Combiner):
+    """Fitted params ``{"weights": [one per member]}``: a weighted mean of the members."""
+
+    def combine(self, params, P, *, task):
         w = np.asarray(params["weights"], dtype=float)
         if w.shape != (P.shape[0],):
-            raise ValueError(f"{name} weights have shape {w.shape}; expected ({P.shape[0]},)")
+            raise ValueError(f"{self.name} weights have shape {w.shape}; expected ({P.shape[0]},)")
         return np.tensordot(w, P, axes=1) / w.sum()
-    if name not in ("logistic", "mlp"):
-        raise ValueError(f"unknown combiner {name!r}")
-    k = P.shape[2]
-    if task == "multi-label":
-        labels = params["labels"]
-        if len(labels) != k:
-            raise ValueError(f"{len(labels)} per-label models for {k} labels")
-        out = np.empty(P.shape[1:])
-        for j, head in enumerate(labels):
-            if head is None:
-                out[:, j] = P[:, :, j].mean(0)
-            else:
-                cols = _head_proba(head, _logit(P[:, :, j]).T)
-                out[:, j] = cols[:, list(head["classes"]).index(1)]
+
+
+@register_combiner("best")
+class BestCombiner(_WeightedCombiner):
+    """The single member that scores best on the fitting rows (one-hot weights)."""
+
+    name = "best"
+
+    def fit(self, settings, P, y, *, task, metric, seed):
+        return _fit_best(P, y, task, metric)
+
+
+@register_combiner("greedy", options={"rounds": [Interval(Integral, 1, None, closed="left")]})
+class GreedyCombiner(_WeightedCombiner):
+    """Caruana's greedy selection with replacement for ``rounds`` rounds."""
+
+    name = "greedy"
+
+    def __init__(self, *, rounds: int = 25) -> None:
+        self.rounds = rounds
+
+    def grid(self):
+        return [{"rounds": self.rounds}]
+
+    def fit(self, settings, P, y, *, task, metric, seed):
+        return _fit_greedy(P, y, task, int(settings["rounds"]), metric)
+
+
+class _HeadCombiner(Combiner):
+    """A meta-learner on the members' logits (one per label for multi-label)."""
+
+    def fit(self, settings, P, y, *, task, metric, seed):
+        if task == "multi-label":
+            return _fit_label_heads(self.name, [settings], P, y, seed)[0]
+        return _fit_head(self.name, settings, _features(P, task), y, seed)
+
+    def fit_grid(self, grid, P, y, *, task, metric, seed):
+        if task == "multi-label":  # every setting in one batched pass
+            return _fit_label_heads(self.name, grid, P, y, seed)
+        return super().fit_grid(grid, P, y, task=task, metric=metric, seed=seed)
+
+    def combine(self, params, P, *, task):
+        k = P.shape[2]
+        if task == "multi-label":
+            labels = params["labels"]
+            if len(labels) != k:
+                raise ValueError(f"{len(labels)} per-label models for {k} labels")
+            out = np.empty(P.shape[1:])
+            for j, head in enumerate(labels):
+                if head is None:
+                    out[:, j] = P[:, :, j].mean(0)
+                else:
+                    cols = _head_proba(head, _logit(P[:, :, j]).T)
+                    out[:, j] = cols[:, list(head["classes"]).index(1)]
+            return out
+        cols = _head_proba(params, _features(P, task))
+        out = np.zeros(P.shape[1:])
+        out[:, np.asarray(params["classes"], dtype=int)] = cols  # classes absent from the validation split get 0
         return out
-    cols = _head_proba(params, _features(P, task))
-    out = np.zeros(P.shape[1:])
-    out[:, np.asarray(params["classes"], dtype=int)] = cols  # classes absent from the validation split get 0
-    return out
+
+
+@register_combiner("logistic")
+class LogisticCombiner(_HeadCombiner):
+    """L2 logistic regression, ``C`` cross-validated."""
+
+    name = "logistic"
+
+    def grid(self):
+        return [{"C": c} for c in (0.1, 1.0, 10.0)]
+
+
+@register_combiner("mlp", options={"hidden": [Interval(Integral, 1, None, closed="left")]})
+class MLPCombiner(_HeadCombiner):
+    """A one-hidden-layer MLP, its L2 ``alpha`` cross-validated."""
+
+    name = "mlp"
+
+    def __init__(self, *, hidden: int = 256) -> None:
+        self.hidden = hidden
+
+    def grid(self):
+        # scikit-learn divides alpha by the number of rows; on validation-sized data (hundreds of rows) the
+        # usual 1e-4 leaves a 256-unit MLP free to memorise (CV log loss 3-7 against logistic's 0.76 in a
+        # 4-class trial), while alpha 1-10 makes it competitive, so the grid spans the strong end
+        return [{"alpha": a, "hidden": self.hidden} for a in (10.0, 1.0, 1e-2)]
 
 
 def _head_proba(head: dict[str, Any], X: np.ndarray) -> np.ndarray:

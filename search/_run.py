@@ -99,50 +99,24 @@ def trial_dirname(trial: Any) -> str:
 
 
 def create_sampler(cfg: SamplerConfig, *, n_trials: int | None = 40) -> Any:
-    """Optuna's sampler by name, seeded.
+    """Optuna's sampler by name (``search._samplers.SAMPLER``), seeded.
 
-    TPE models the parameters jointly (``multivariate``, ``group`` for the ``when:`` conditions) and
-    counts running trials as if they were bad (``constant_liar``), so parallel trials do not all get
-    the same suggestion; its random start is a quarter of the sweep unless the file says otherwise.
+    Example:
+        >>> create_sampler(SamplerConfig(type="tpe", seed=0), n_trials=12)  # doctest: +SKIP
     """
-    import warnings
+    from ._samplers import SAMPLER
 
-    import optuna
-
-    startup = cfg.n_startup_trials or max(2, min(10, (n_trials or 40) // 4))
-
-    def tpe() -> Any:
-        with warnings.catch_warnings():  # multivariate, group and constant_liar are "experimental" in Optuna
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(
-                seed=cfg.seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
-            )
-
-    samplers = {
-        "tpe": tpe,
-        "random": lambda: optuna.samplers.RandomSampler(seed=cfg.seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=cfg.seed, warn_independent_sampling=False),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=cfg.seed),
-    }
-    return samplers[cfg.type]()
+    given = {"seed": cfg.seed, "n_startup_trials": cfg.n_startup_trials}
+    entry = SAMPLER.get(cfg.type)
+    return SAMPLER.create(cfg.type, n_trials=n_trials, **{k: v for k, v in given.items() if k in entry.options})
 
 
 def create_scheduler(cfg: SchedulerConfig) -> Any:
-    """Tune's scheduler by name; metric and mode come from ``TuneConfig``."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+    """Tune's scheduler by name (``search._samplers.TUNE_SCHEDULER``); metric and mode come from ``TuneConfig``."""
+    from ._samplers import TUNE_SCHEDULER
 
-    if cfg.type == "asha":
-        return ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=cfg.max_t,
-            grace_period=cfg.grace_period,
-            reduction_factor=cfg.reduction_factor,
-        )
-    if cfg.type == "median":
-        return MedianStoppingRule(
-            time_attr="training_iteration", grace_period=cfg.grace_period, min_samples_required=cfg.min_samples_required
-        )
-    return FIFOScheduler()
+    entry = TUNE_SCHEDULER.get(cfg.type)
+    return TUNE_SCHEDULER.create(cfg.type, **{k: getattr(cfg, k) for k in entry.options})
 
 
 def run_dir_of(space: Space, out: str | None = None) -> str:

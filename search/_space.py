@@ -22,6 +22,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from trainables import ConfigError, DataConfig, TrainParams, check_backbone, check_keys, did_you_mean
 
+from ._samplers import SAMPLER, TUNE_SCHEDULER
+
 SECTIONS = ("name", "include", "data", "fixed", "space", "search", "ensemble", "tracking", "storage", "ray")
 # Where `include: [presets/cxr_ast]` looks after the including file's own folder: the shipped spaces.
 SHIPPED = Path(__file__).resolve().parents[1] / "spaces"
@@ -52,17 +54,14 @@ DEFAULT_PRESET = "presets/auto"
 # What a trial leaves on disk once it ended: `best` the ensemble's candidates' best weights (every trial's
 # predictions), `weights` every trial's best weights, `all` everything Tune wrote (resume state included).
 KEEP = ("best", "weights", "all")
-SAMPLERS = ("tpe", "random", "cmaes", "nsga2")
+SAMPLERS = SAMPLER  # the names, as before: tpe, random, cmaes, nsga2
 TRACKING_KEYS = ("mlflow", "tensorboard")
 RAY_KEYS = ("address",)
 MLFLOW_KEYS = ("uri", "experiment")
 # Tracking URIs MLflow understands (a plain path is a local file store); anything else is most likely a typo.
 MLFLOW_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks")
-SCHEDULER_KEYS = {
-    "asha": {"type", "max_t", "grace_period", "reduction_factor"},
-    "median": {"type", "grace_period", "min_samples_required"},
-    "fifo": {"type"},
-}
+# Each Tune scheduler's keys: ``type`` and the options its registry entry declares.
+SCHEDULER_KEYS = {name: {"type", *entry.options} for name, entry in TUNE_SCHEDULER.items()}
 
 
 @dataclass(frozen=True)
@@ -1030,20 +1029,20 @@ def _search(
     )
 
 
-def _typed_section(value: Any, origin: str, where: str, kinds: Sequence[str], example: str) -> dict[str, Any]:
-    """``tpe`` or ``{type: tpe, ...}`` to a mapping with a valid ``type`` (the first kind when left out)."""
+def _typed_section(value: Any, origin: str, where: str, kinds: Any, example: str) -> dict[str, Any]:
+    """``tpe`` or ``{type: tpe, ...}`` to a mapping with a valid ``type`` (the first kind when left out).
+
+    ``kinds``: the registry of the section's types (its one unknown-name message).
+    """
+    names = list(kinds)
     if isinstance(value, str):
         value = {"type": value}
     if not isinstance(value, dict):
-        raise ConfigError(f"must be one of {', '.join(kinds)} or a mapping like {example}, got {value!r}", origin=origin, field=where)
-    value = {"type": kinds[0], **value}
+        raise ConfigError(f"must be one of {', '.join(names)} or a mapping like {example}, got {value!r}", origin=origin, field=where)
+    value = {"type": names[0], **value}
     kind = value["type"]
     if kind not in kinds:
-        raise ConfigError(
-            f"`type` must be one of {', '.join(kinds)}, got {kind!r}{did_you_mean(str(kind), kinds)}",
-            origin=origin,
-            field=f"{where}.type",
-        )
+        raise kinds.unknown(kind, origin=origin, field=f"{where}.type")
     return dict(value)
 
 
@@ -1052,7 +1051,8 @@ def _sampler(value: Any, origin: str, *, multi: bool) -> SamplerConfig:
     if value is None:
         return SamplerConfig()
     raw = _typed_section(value, origin, where, SAMPLERS, "{type: tpe, seed: 0}")
-    check_keys(raw, ("type", "seed", "n_startup_trials"), origin=origin, prefix=where, what="the sampler")
+    declared = {option for _, entry in SAMPLER.items() for option in entry.options}  # seed, n_startup_trials
+    check_keys(raw, ("type", *sorted(declared)), origin=origin, prefix=where, what="the sampler")
     seed = _number(raw, "seed", origin=origin, where=where, kind=int, minimum=0, optional=True)
     startup = _number(raw, "n_startup_trials", origin=origin, where=where, kind=int, minimum=1, optional=True)
     kind = raw["type"]
@@ -1072,7 +1072,7 @@ def _scheduler(
     where = "search.scheduler"
     if value is None:
         value = "asha"
-    raw = _typed_section(value, origin, where, tuple(SCHEDULER_KEYS), "{type: asha, max_t: 10, grace_period: 1, reduction_factor: 2}")
+    raw = _typed_section(value, origin, where, TUNE_SCHEDULER, "{type: asha, max_t: 10, grace_period: 1, reduction_factor: 2}")
     kind = raw["type"]
     check_keys(raw, SCHEDULER_KEYS[kind], origin=origin, prefix=where, what=f"a {kind} scheduler")
     if kind == "fifo":

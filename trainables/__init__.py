@@ -7,21 +7,31 @@ from ._cache import DataConfig, Dataset, load_dataset, open_cached
 from ._errors import ConfigError, check_keys, did_you_mean
 from ._groups import pool_by_group
 from ._heads import HEADS, Classifier, build_classifier, create_head
-from ._losses import LOSSES, create_loss
+from ._losses import LOSSES, create_loss, list_losses, register_loss
 from ._metrics import METRICS, compute_metrics, metric_mode
 from ._model import check_backbone, create_model
 from ._optim import OPTIMIZERS, SCHEDULERS, create_optimizer, create_scheduler
 from ._params import TrainParams
+from ._registry import Interval, Options, Registry, StrOptions, registries
+from ._sampling import SAMPLERS
 from ._prior import PRIOR_CORRECTIONS, prior_logit_bias
 from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
-from ._sources import IMAGE_EXTENSIONS, CSVSource, FolderSource, MedMNISTSource, create_source, read_image_file
+from ._sources import IMAGE_EXTENSIONS, SOURCES, CSVSource, FolderSource, MedMNISTSource, Source, create_source, read_image_file
 from ._volumes import NiftiSource
 from ._train import Trainer, TrainingDiverged, drop_resume_state, predictions_frame, train
 from ._params import TUNE_KEY
 
 __all__ = [
     "TUNE_KEY",
+    "Interval",
+    "Options",
+    "Registry",
+    "SAMPLERS",
+    "SOURCES",
+    "Source",
+    "StrOptions",
+    "registries",
     "AUGMENT_LEVELS",
     "ASTController",
     "CSVSource",
@@ -58,6 +68,7 @@ __all__ = [
     "create_source",
     "did_you_mean",
     "drop_resume_state",
+    "list_losses",
     "load_dataset",
     "measure_speed",
     "metric_mode",
@@ -68,5 +79,6 @@ __all__ = [
     "preprocess",
     "prior_logit_bias",
     "read_image_file",
+    "register_loss",
     "train",
 ]

@@ -13,16 +13,19 @@ import os
 import random
 import threading
 from concurrent.futures import Executor
+from numbers import Real
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ._errors import ConfigError, did_you_mean
+from ._errors import ConfigError
+from ._registry import Interval, Registry
 
 if TYPE_CHECKING:  # torch is only needed by mix_batch; keep `import trainables._augment` light
     import torch
 
 __all__ = [
+    "AUGMENT",
     "AUGMENT_LEVELS",
     "AUGMENT_SWITCHES",
     "PREPROCESS",
@@ -33,7 +36,6 @@ __all__ = [
     "preprocess",
 ]
 
-AUGMENT_LEVELS = ("none", "simple", "enhanced", "advanced")
 PREPROCESS = ("clahe", "border_crop")
 
 # Default rotation limit (degrees) when the level or `rotate=True` turns rotation on.
@@ -128,15 +130,26 @@ AUGMENT_SWITCHES = tuple(_TRANSFORMS)
 _SIMPLE = {"hflip": True}
 _ENHANCED = {**_SIMPLE, "rotate": _ROTATE_DEGREES, "affine": True, "brightness_contrast": True}
 _ADVANCED = {**_ENHANCED, "distortion": True, "noise": True, "blur": True, "coarse_dropout": True}
-_LEVELS: dict[str, dict[str, Any]] = {"none": {}, "simple": _SIMPLE, "enhanced": _ENHANCED, "advanced": _ADVANCED}
+
+# A level is a preset of switches; every switch is an option of every level (None: follow the level).
+# The trainer passes the image size and the seed.
+AUGMENT = Registry("augment level", field="augment", context=("image_size", "seed"))
+AUGMENT_LEVELS = AUGMENT  # the names, in order of strength: none, simple, enhanced, advanced
+_SWITCH_OPTIONS: dict[str, list[Any]] = {name: [bool, None] for name in _TRANSFORMS}
+_SWITCH_OPTIONS["rotate"] = [Interval(Real, 0, 180, closed="both"), bool, None]
 
 
-def _check_level(level: str) -> None:
-    if level not in _LEVELS:
-        raise ConfigError(
-            f"Unknown augment level {level!r}{did_you_mean(level, AUGMENT_LEVELS)}; valid: {', '.join(AUGMENT_LEVELS)}",
-            field="augment",
-        )
+def register_augment(name: str, switches: dict[str, Any]) -> None:
+    """Register the level ``name``: the transforms ``switches`` turns on (a rotation limit for ``rotate``)."""
+
+    def factory(*, image_size: int, seed: int | None = None, **given: Any) -> Any:
+        return build_augment(name, image_size=image_size, seed=seed, **given)
+
+    AUGMENT.add(name, factory, options=_SWITCH_OPTIONS, defaults=dict.fromkeys(_TRANSFORMS), switches=dict(switches))
+
+
+for _name, _switches in (("none", {}), ("simple", _SIMPLE), ("enhanced", _ENHANCED), ("advanced", _ADVANCED)):
+    register_augment(_name, _switches)
 
 
 def _import_albumentations() -> Any:
@@ -260,7 +273,7 @@ def build_augment(
         >>> aug(np.zeros((28, 28, 1), np.uint8)).shape
         (28, 28, 1)
     """
-    _check_level(level)
+    entry = AUGMENT.get(level)
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
         raise ConfigError(f"must be a positive integer, got {image_size!r}", field="image_size")
     switches = {
@@ -268,7 +281,7 @@ def build_augment(
         "brightness_contrast": brightness_contrast, "distortion": distortion,
         "noise": noise, "blur": blur, "coarse_dropout": coarse_dropout,
     }
-    chosen = dict(_LEVELS[level])
+    chosen = dict(entry.meta["switches"])
     for name, value in switches.items():
         if value is None:
             continue

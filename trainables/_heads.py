@@ -8,14 +8,19 @@ refuse token backbones.
 
 from __future__ import annotations
 
-from typing import Callable
+from numbers import Integral, Real
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ._errors import ConfigError, did_you_mean
+from ._errors import ConfigError
+from ._registry import Interval, Registry, check_option
 
-__all__ = ["HEADS", "AttentionHead", "Classifier", "LinearHead", "build_classifier", "create_head"]
+__all__ = [
+    "HEAD", "HEADS", "AttentionHead", "Classifier", "LinearHead", "build_classifier", "create_head", "list_heads",
+    "register_head",
+]
 
 
 class LinearHead(nn.Module):
@@ -60,18 +65,21 @@ class AttentionHead(LinearHead):
 
 
 HeadFactory = Callable[..., nn.Module]
-HEADS: dict[str, HeadFactory] = {}
+# Every head gets the backbone's channels and the class count from the model; its own options from the caller.
+HEAD = Registry("head", field="head", context=("in_features", "num_classes"))
+HEADS = HEAD  # the names, as before: ``"se" in HEADS``, ``sorted(HEADS)``
+_DROP = {"drop_rate": [Interval(Real, 0, 1, closed="left")]}
+_REDUCTION = {"reduction": [Interval(Integral, 1, None, closed="left")]}
 
 
-def _register(name: str, *, needs_feature_map: bool) -> Callable[[HeadFactory], HeadFactory]:
-    """Add a factory to ``HEADS``; ``factory.needs_feature_map`` says it cannot take pooled ``(N, C)`` input."""
+def register_head(name: str, *, needs_feature_map: bool, options: dict | None = None) -> Callable[[HeadFactory], HeadFactory]:
+    """Register a head factory; ``needs_feature_map``: it cannot take pooled ``(N, C)`` input."""
+    return HEAD.register(name, options={**_DROP, **(options or {})}, needs_feature_map=needs_feature_map)
 
-    def add(factory: HeadFactory) -> HeadFactory:
-        factory.needs_feature_map = needs_feature_map  # type: ignore[attr-defined]
-        HEADS[name] = factory
-        return factory
 
-    return add
+def list_heads() -> list[str]:
+    """The registered heads, sorted."""
+    return sorted(HEAD)
 
 
 def _reduced(in_features: int, reduction: int) -> int:
@@ -79,13 +87,13 @@ def _reduced(in_features: int, reduction: int) -> int:
     return max(1, in_features // reduction)
 
 
-@_register("linear", needs_feature_map=False)
-def _linear(*, in_features: int, num_classes: int, drop_rate: float, **_: object) -> nn.Module:
+@register_head("linear", needs_feature_map=False)
+def _linear(*, in_features: int, num_classes: int, drop_rate: float = 0.0, **_: object) -> nn.Module:
     return LinearHead(in_features, num_classes, drop_rate)
 
 
-@_register("se", needs_feature_map=True)
-def _se(*, in_features: int, num_classes: int, drop_rate: float, reduction: int, **_: object) -> nn.Module:
+@register_head("se", needs_feature_map=True, options=_REDUCTION)
+def _se(*, in_features: int, num_classes: int, drop_rate: float = 0.0, reduction: int = 16, **_: object) -> nn.Module:
     from timm.layers import SEModule
 
     # timm's SEModule is Hu et al.'s block: GAP -> FC(C, C/r) -> ReLU -> FC(C/r, C) -> sigmoid -> x * s,
@@ -95,8 +103,8 @@ def _se(*, in_features: int, num_classes: int, drop_rate: float, reduction: int,
     return AttentionHead(attention, in_features, num_classes, drop_rate)
 
 
-@_register("cbam", needs_feature_map=True)
-def _cbam(*, in_features: int, num_classes: int, drop_rate: float, reduction: int, **_: object) -> nn.Module:
+@register_head("cbam", needs_feature_map=True, options=_REDUCTION)
+def _cbam(*, in_features: int, num_classes: int, drop_rate: float = 0.0, reduction: int = 16, **_: object) -> nn.Module:
     from timm.layers.cbam import CbamModule
 
     # timm's CbamModule follows Woo et al.'s reference code: channel attention = sigmoid(MLP(avgpool) +
@@ -113,32 +121,19 @@ def _positive_int(field: str, value: object) -> int:
 
 
 def _drop_rate(value: object) -> float:
-    try:
-        rate = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        rate = -1.0
-    if isinstance(value, bool) or not 0.0 <= rate < 1.0:
-        raise ConfigError(f"must be a number in [0, 1), got {value!r}", field="drop_rate")
-    return rate
+    return float(check_option("drop_rate", value, _DROP["drop_rate"]))
 
 
-def _check_name(name: str) -> HeadFactory:
-    if name not in HEADS:
-        raise ConfigError(f"Unknown head {name!r}; valid: {', '.join(sorted(HEADS))}{did_you_mean(name, HEADS)}")
-    return HEADS[name]
-
-
-def create_head(
-    name: str, *, in_features: int, num_classes: int, drop_rate: float = 0.0, reduction: int = 16
-) -> nn.Module:
+def create_head(name: str, *, in_features: int, num_classes: int, **options: Any) -> nn.Module:
     """Create the head ``name``: backbone features ``(N, in_features, H, W)`` -> logits ``(N, num_classes)``.
 
     Args:
-        name: a key of ``HEADS``: ``linear``, ``se`` (Squeeze-and-Excitation) or ``cbam``.
+        name: a registered head (``list_heads()``): ``linear``, ``se`` (Squeeze-and-Excitation) or ``cbam``.
         in_features: channels of the backbone's feature map (timm's ``num_features``).
         num_classes: logits per sample.
-        drop_rate: dropout before the final linear layer, in [0, 1).
-        reduction: channel reduction ``r`` of the SE / CBAM bottleneck (``C / r`` hidden units).
+        **options: the head's declared options (``HEAD[name].options``): ``drop_rate`` (dropout before
+            the final linear layer, in [0, 1), every head) and ``reduction`` (channel reduction ``r``
+            of the SE / CBAM bottleneck, ``C / r`` hidden units).
 
     Returns:
         The head module.
@@ -151,12 +146,12 @@ def create_head(
         >>> head(torch.randn(2, 64, 7, 7)).shape
         torch.Size([2, 3])
     """
-    factory = _check_name(name)
-    return factory(
+    HEAD.get(name)
+    return HEAD.create(
+        name,
         in_features=_positive_int("in_features", in_features),
         num_classes=_positive_int("num_classes", num_classes),
-        drop_rate=_drop_rate(drop_rate),
-        reduction=_positive_int("reduction", reduction),
+        **options,
     )
 
 
@@ -236,7 +231,7 @@ def build_classifier(
     from ._model import check_backbone, local_weights
 
     check_backbone(backbone)
-    factory = _check_name(head)
+    entry = HEAD.get(head)
     _positive_int("num_classes", num_classes)
     _positive_int("in_chans", in_chans)
     drop_rate = _drop_rate(drop_rate)
@@ -246,7 +241,7 @@ def build_classifier(
     num_features, shape, fmt = _feature_shape(backbone, in_chans)
     is_map = len(shape) == 4 and shape[1] == num_features and fmt == "NCHW"
     if not is_map:
-        if getattr(factory, "needs_feature_map", False):
+        if entry.meta.get("needs_feature_map", False):
             raise ConfigError(
                 f"head {head!r} needs a convolutional feature map (N, C, H, W), but backbone {backbone!r} gives "
                 f"features of shape {shape} ({fmt if len(shape) == 4 else 'tokens'}); "

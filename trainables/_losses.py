@@ -5,8 +5,9 @@ Sparse Training ranks samples by it. Single-label tasks (binary, multi-class, or
 softmax over ``num_classes`` logits and take class indices ``(N,)`` or soft targets ``(N, K)``
 (CutMix/MixUp); multi-label uses a sigmoid per label, with ``-1`` marking an unknown label.
 
-Which loss fits which task, and which options it reads (others are ignored, so a caller can pass
-one full set of options whatever the loss):
+Which loss fits which task, and the options each declares (``create_loss`` checks them and refuses
+another loss's option; in ``TrainParams`` and YAML an option is ``<loss>_<option>``, e.g. ``focal_gamma``,
+except the shared ``label_smoothing``):
 
 ============  ===============================  ==================================================
 loss          tasks                            options
@@ -26,15 +27,18 @@ weight per class.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from numbers import Real
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ._errors import ConfigError, did_you_mean
+from ._registry import Interval, Registry
 
 __all__ = [
+    "LOSS",
     "LOSSES",
     "MULTI_LABEL",
     "SINGLE_LABEL",
@@ -43,6 +47,10 @@ __all__ = [
     "SoftmaxCrossEntropy",
     "SoftmaxFocalLoss",
     "create_loss",
+    "list_losses",
+    "loss_fields",
+    "loss_options",
+    "register_loss",
 ]
 
 SINGLE_LABEL = ("binary", "multi-class", "ordinal")
@@ -235,33 +243,59 @@ class AsymmetricLoss(_MultiLabelLoss):
 
 # ---------------------------------------------------------------------------------------- factories
 
-LossFactory = Callable[..., nn.Module]
-LOSSES: dict[str, LossFactory] = {}
+# Every loss gets the task, the class count and the class weights from the data; its own options
+# (declared at registration, checked by ``create_loss``) from the caller.
+LOSS = Registry("loss", field="loss", context=("task", "num_classes", "class_weights"))
+LOSSES = LOSS  # the names, as before: ``"focal" in LOSSES``, ``sorted(LOSSES)``
+register_loss = LOSS.register
+
+_SMOOTHING = {"label_smoothing": [Interval(Real, 0, 1, closed="left")]}
+_GAMMA = [Interval(Real, 0, None, closed="left")]
 
 
-def _register(name: str, tasks: Sequence[str]) -> Callable[[LossFactory], LossFactory]:
-    """Add a factory to ``LOSSES``; ``factory.tasks`` lists the tasks it fits (all when absent)."""
+def list_losses(task: str | None = None) -> list[str]:
+    """The registered losses (those that fit ``task`` when given), sorted."""
+    return sorted(n for n, e in LOSS.items() if task is None or task in e.meta.get("tasks", TASKS))
 
-    def add(factory: LossFactory) -> LossFactory:
-        factory.tasks = tuple(tasks)  # type: ignore[attr-defined]
-        LOSSES[name] = factory
-        return factory
 
-    return add
+# Options every loss shares keep their own name in ``TrainParams``; any other is ``<loss>_<option>``.
+SHARED_OPTIONS = ("label_smoothing",)
+
+
+def loss_fields() -> dict[str, tuple[str, str]]:
+    """Every loss option's ``TrainParams`` / YAML key -> ``(loss, option)``: ``focal_gamma`` -> ``("focal", "gamma")``."""
+    out: dict[str, tuple[str, str]] = {}
+    for name, entry in LOSS.items():
+        for option in entry.options:
+            out[option if option in SHARED_OPTIONS else f"{name}_{option}"] = (name, option)
+    return out
+
+
+def loss_options(name: str, params: Any) -> dict[str, Any]:
+    """The options of loss ``name`` read off ``TrainParams``: its field, or its ``options`` entry, or the default."""
+    entry = LOSS.get(name)
+    out = {}
+    for option in entry.options:
+        key = option if option in SHARED_OPTIONS else f"{name}_{option}"
+        if hasattr(params, key):
+            out[option] = getattr(params, key)
+        elif key in getattr(params, "options", {}):
+            out[option] = params.options[key]
+    return out
 
 
 def _weights(class_weights: Sequence[float] | None) -> torch.Tensor | None:
     return None if class_weights is None else torch.tensor([float(w) for w in class_weights], dtype=torch.float32)
 
 
-@_register("ce", SINGLE_LABEL)
-def _ce(*, num_classes: int, label_smoothing: float, **_: object) -> nn.Module:
+@register_loss("ce", options=_SMOOTHING, tasks=SINGLE_LABEL)
+def _ce(*, num_classes: int, label_smoothing: float = 0.0, **_: object) -> nn.Module:
     return SoftmaxCrossEntropy(num_classes, None, label_smoothing)
 
 
-@_register("weighted_ce", SINGLE_LABEL)
+@register_loss("weighted_ce", options=_SMOOTHING, tasks=SINGLE_LABEL)
 def _weighted_ce(
-    *, num_classes: int, class_weights: Sequence[float] | None, label_smoothing: float, **_: object
+    *, num_classes: int, class_weights: Sequence[float] | None, label_smoothing: float = 0.0, **_: object
 ) -> nn.Module:
     if class_weights is None:
         raise ConfigError(
@@ -272,15 +306,19 @@ def _weighted_ce(
     return SoftmaxCrossEntropy(num_classes, _weights(class_weights), label_smoothing)
 
 
-@_register("focal", SINGLE_LABEL + MULTI_LABEL)
+@register_loss(
+    "focal",
+    options={**_SMOOTHING, "gamma": _GAMMA, "alpha": [Interval(Real, 0, 1, closed="both"), None]},
+    tasks=SINGLE_LABEL + MULTI_LABEL,
+)
 def _focal(
     *,
     task: str,
     num_classes: int,
     class_weights: Sequence[float] | None,
-    label_smoothing: float,
-    gamma: float,
-    alpha: float | None,
+    label_smoothing: float = 0.0,
+    gamma: float = 2.0,
+    alpha: float | None = None,
     **_: object,
 ) -> nn.Module:
     if task in MULTI_LABEL:
@@ -303,15 +341,19 @@ def _focal(
     return SoftmaxFocalLoss(num_classes, weight, label_smoothing, gamma)
 
 
-@_register("asl", MULTI_LABEL)
+@register_loss(
+    "asl",
+    options={**_SMOOTHING, "gamma_pos": _GAMMA, "gamma_neg": _GAMMA, "clip": [Interval(Real, 0, 1, closed="left")]},
+    tasks=MULTI_LABEL,
+)
 def _asl(
     *,
     num_classes: int,
     class_weights: Sequence[float] | None,
-    label_smoothing: float,
-    gamma_pos: float,
-    gamma_neg: float,
-    clip: float,
+    label_smoothing: float = 0.0,
+    gamma_pos: float = 0.0,
+    gamma_neg: float = 4.0,
+    clip: float = 0.05,
     **_: object,
 ) -> nn.Module:
     return AsymmetricLoss(
@@ -319,24 +361,11 @@ def _asl(
     )
 
 
-@_register("bce", MULTI_LABEL)
-def _bce(*, num_classes: int, class_weights: Sequence[float] | None, label_smoothing: float, **_: object) -> nn.Module:
+@register_loss("bce", options=_SMOOTHING, tasks=MULTI_LABEL)
+def _bce(
+    *, num_classes: int, class_weights: Sequence[float] | None, label_smoothing: float = 0.0, **_: object
+) -> nn.Module:
     return BinaryCrossEntropy(num_classes, _weights(class_weights), label_smoothing)
-
-
-def _number(field: str, value: object, low: float, high: float | None = None, *, high_open: bool = False) -> float:
-    """``value`` as a float in ``[low, high]`` (``[low, high)`` when ``high_open``), else a ConfigError."""
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        number = math.nan
-    ok = not isinstance(value, bool) and math.isfinite(number) and number >= low
-    if high is not None:
-        ok = ok and (number < high if high_open else number <= high)
-    if not ok:
-        allowed = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"must be a number {allowed}, got {value!r}", field=field)
-    return number
 
 
 def create_loss(
@@ -345,50 +374,37 @@ def create_loss(
     task: str,
     num_classes: int,
     class_weights: Sequence[float] | None = None,
-    label_smoothing: float = 0.0,
-    gamma: float = 2.0,
-    alpha: float | None = None,
-    gamma_pos: float = 0.0,
-    gamma_neg: float = 4.0,
-    clip: float = 0.05,
+    **options: Any,
 ) -> nn.Module:
     """Create the loss ``name`` for ``task``; it maps ``(logits, target)`` to a ``(N,)`` per-sample loss.
 
     Args:
-        name: a key of ``LOSSES``: ``ce``, ``weighted_ce``, ``focal``, ``asl`` or ``bce``.
+        name: a registered loss (``list_losses()``): ``ce``, ``weighted_ce``, ``focal``, ``asl`` or ``bce``.
         task: ``binary``, ``multi-class``, ``ordinal`` (softmax over ``num_classes`` logits) or
             ``multi-label`` (a sigmoid per label; target entries ``-1`` are unknown and masked).
         num_classes: logits per sample (labels, for multi-label).
         class_weights: one weight per class (single-label) or per-label positive weight (multi-label);
             required by ``weighted_ce``, ignored by ``ce``.
-        label_smoothing: in [0, 1). Single-label: mixes the target with the uniform distribution;
-            multi-label: moves each known target to ``y * (1 - ls) + ls / 2``.
-        gamma: focal focusing parameter (``gamma=0`` is cross-entropy).
-        alpha: focal weight of positives (``binary`` class 1, or every label in ``multi-label``);
-            negatives get ``1 - alpha``. ``None`` weights both alike.
-        gamma_pos: ASL focusing parameter for positives.
-        gamma_neg: ASL focusing parameter for negatives.
-        clip: ASL probability margin shifted off negatives, in [0, 1).
+        **options: the loss's own options, as it declares them (``LOSS[name].options``), e.g.
+            ``label_smoothing`` (all), ``gamma`` and ``alpha`` (focal), ``gamma_pos``, ``gamma_neg``
+            and ``clip`` (asl); an option another loss declares is an error.
 
     Returns:
         A module whose ``forward(logits, target)`` returns the per-sample loss, shape ``(N,)``.
 
     Raises:
-        ConfigError: unknown loss or task, a loss that does not fit the task, or a bad option.
+        ConfigError: unknown loss or task, a loss that does not fit the task, or a bad or unknown option.
 
     Example:
         >>> loss_fn = create_loss("focal", task="multi-class", num_classes=3, gamma=2.0)
         >>> loss_fn(torch.randn(4, 3), torch.tensor([0, 2, 1, 0])).shape
         torch.Size([4])
     """
-    if name not in LOSSES:
-        raise ConfigError(f"Unknown loss {name!r}; valid: {', '.join(sorted(LOSSES))}{did_you_mean(name, LOSSES)}")
+    entry = LOSS.get(name)
     if task not in TASKS:
         raise ConfigError(f"Unknown task {task!r}; valid: {', '.join(TASKS)}{did_you_mean(task, TASKS)}")
-    factory = LOSSES[name]
-    if task not in getattr(factory, "tasks", TASKS):
-        fits = sorted(n for n, f in LOSSES.items() if task in getattr(f, "tasks", TASKS))
-        raise ConfigError(f"loss {name!r} does not fit task {task!r}; valid for {task}: {', '.join(fits)}")
+    if task not in entry.meta.get("tasks", TASKS):
+        raise ConfigError(f"loss {name!r} does not fit task {task!r}; valid for {task}: {', '.join(list_losses(task))}")
     min_classes = 1 if task in MULTI_LABEL else 2
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < min_classes:
         raise ConfigError(
@@ -407,14 +423,4 @@ def create_loss(
                 field="class_weights",
             )
         class_weights = weights
-    return factory(
-        task=task,
-        num_classes=num_classes,
-        class_weights=class_weights,
-        label_smoothing=_number("label_smoothing", label_smoothing, 0.0, 1.0, high_open=True),
-        gamma=_number("gamma", gamma, 0.0),
-        alpha=None if alpha is None else _number("alpha", alpha, 0.0, 1.0),
-        gamma_pos=_number("gamma_pos", gamma_pos, 0.0),
-        gamma_neg=_number("gamma_neg", gamma_neg, 0.0),
-        clip=_number("clip", clip, 0.0, 1.0, high_open=True),
-    )
+    return LOSS.create(name, task=task, num_classes=num_classes, class_weights=class_weights, **options)

@@ -9,15 +9,22 @@ optimizer without a second schedule.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._errors import ConfigError, did_you_mean
+from ._registry import Interval, Registry
 
-OPTIMIZERS = ("adamw", "adam", "sgd")
-SCHEDULERS = ("cosine", "onecycle", "plateau", "step", "none")
+# An optimizer gets the parameter groups, the rate and the weight decay from the trainer; its own options
+# (SGD's momentum) are declared. A scheduler gets the optimizer, the run's length and the peak rate.
+OPTIMIZER = Registry("optimizer", field="optimizer", context=("params", "lr", "weight_decay"))
+SCHEDULER = Registry("scheduler", field="scheduler", context=("optimizer", "epochs", "steps_per_epoch", "lr"))
+OPTIMIZERS = OPTIMIZER  # the names, as before
+SCHEDULERS = SCHEDULER
+register_optimizer = OPTIMIZER.register
+register_scheduler = SCHEDULER.register
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -102,8 +109,7 @@ def create_optimizer(
     Example:
         >>> opt = create_optimizer(model, name="adamw", lr=1e-4, weight_decay=1e-4, backbone_lr_mult=0.1)
     """
-    if name not in OPTIMIZERS:
-        raise ConfigError(f"Unknown optimizer {name!r}{did_you_mean(name, OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}", field="optimizer")
+    entry = OPTIMIZER.get(name)
     from timm.optim import param_groups_weight_decay
 
     # Every group schedules from the same base (``initial_lr``, which timm's schedulers keep if set);
@@ -116,11 +122,25 @@ def create_optimizer(
             if group["params"]:
                 group.update(lr=lr * scale, initial_lr=lr, lr_scale=scale, name=part, base_scale=scale)
                 groups.append(group)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(groups, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0)
+    given = {"momentum": momentum, "nesterov": nesterov}
+    return OPTIMIZER.create(
+        name, params=groups, lr=lr, weight_decay=weight_decay, **{k: v for k, v in given.items() if k in entry.options}
+    )
+
+
+@register_optimizer("adamw")
+def _adamw(*, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+@register_optimizer("adam")
+def _adam(*, params: list, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+@register_optimizer("sgd", options={"momentum": [Interval(Real, 0, 1, closed="left")], "nesterov": [bool]})
+def _sgd(*, params: list, lr: float, weight_decay: float, momentum: float = 0.9, nesterov: bool = True) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 
 def set_stage_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
@@ -154,27 +174,62 @@ def create_scheduler(
     ``onecycle`` is timm's cosine schedule with a 30 % warm-up from ``lr/25`` down to ``lr/25e4``,
     the shape of ``torch.optim.lr_scheduler.OneCycleLR``, kept in timm so that group scales apply.
     """
-    from timm.scheduler import CosineLRScheduler, PlateauLRScheduler, StepLRScheduler
+    entry = SCHEDULER.get(name)
+    given = {
+        "warmup_epochs": warmup_epochs, "min_lr": min_lr, "step_epochs": step_epochs, "decay_rate": decay_rate,
+        "plateau_patience": plateau_patience,
+    }
+    return SCHEDULER.create(
+        name, optimizer=optimizer, epochs=epochs, steps_per_epoch=steps_per_epoch, lr=lr,
+        **{k: v for k, v in given.items() if k in entry.options},
+    )
 
-    if name not in SCHEDULERS:
-        raise ConfigError(f"Unknown scheduler {name!r}{did_you_mean(name, SCHEDULERS)}; valid: {', '.join(SCHEDULERS)}", field="scheduler")
+
+_WARMUP = {"warmup_epochs": [Interval(Real, 0, None, closed="left")]}
+_MIN_LR = {"min_lr": [Interval(Real, 0, None, closed="left")]}
+_DECAY = {"decay_rate": [Interval(Real, 0, 1, closed="right")]}
+
+
+@register_scheduler("cosine", options={**_WARMUP, **_MIN_LR})
+def _cosine(optimizer, *, epochs: int, steps_per_epoch: int, lr: float, warmup_epochs: float = 0.0, min_lr: float = 0.0):
+    from timm.scheduler import CosineLRScheduler
+
     total = max(1, epochs * steps_per_epoch)
     warm = int(round(warmup_epochs * steps_per_epoch))
-    if name == "cosine":
-        return CosineLRScheduler(
-            optimizer, t_initial=max(1, total - warm), lr_min=min_lr, warmup_t=warm,
-            warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False,
-        )
-    if name == "onecycle":
-        warm = int(0.3 * total)
-        return CosineLRScheduler(
-            optimizer, t_initial=max(1, total - warm), lr_min=lr / 25e4, warmup_t=warm,
-            warmup_lr_init=lr / 25, warmup_prefix=True, t_in_epochs=False,
-        )
-    if name == "step":
-        return StepLRScheduler(optimizer, decay_t=step_epochs, decay_rate=decay_rate, warmup_t=int(warmup_epochs), warmup_lr_init=lr * 0.01)
-    if name == "plateau":
-        return PlateauLRScheduler(optimizer, decay_rate=decay_rate, patience_t=plateau_patience, mode="max", lr_min=min_lr)
+    return CosineLRScheduler(
+        optimizer, t_initial=max(1, total - warm), lr_min=min_lr, warmup_t=warm,
+        warmup_lr_init=lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+@register_scheduler("onecycle")
+def _onecycle(optimizer, *, epochs: int, steps_per_epoch: int, lr: float):
+    from timm.scheduler import CosineLRScheduler
+
+    total = max(1, epochs * steps_per_epoch)
+    warm = int(0.3 * total)
+    return CosineLRScheduler(
+        optimizer, t_initial=max(1, total - warm), lr_min=lr / 25e4, warmup_t=warm,
+        warmup_lr_init=lr / 25, warmup_prefix=True, t_in_epochs=False,
+    )
+
+
+@register_scheduler("plateau", options={**_DECAY, **_MIN_LR, "plateau_patience": [Interval(Integral, 0, None, closed="left")]})
+def _plateau(optimizer, *, epochs: int, steps_per_epoch: int, lr: float, decay_rate: float = 0.1, min_lr: float = 0.0, plateau_patience: int = 2):
+    from timm.scheduler import PlateauLRScheduler
+
+    return PlateauLRScheduler(optimizer, decay_rate=decay_rate, patience_t=plateau_patience, mode="max", lr_min=min_lr)
+
+
+@register_scheduler("step", options={**_WARMUP, **_DECAY, "step_epochs": [Interval(Integral, 1, None, closed="left")]})
+def _step(optimizer, *, epochs: int, steps_per_epoch: int, lr: float, warmup_epochs: float = 0.0, step_epochs: int = 10, decay_rate: float = 0.1):
+    from timm.scheduler import StepLRScheduler
+
+    return StepLRScheduler(optimizer, decay_t=step_epochs, decay_rate=decay_rate, warmup_t=int(warmup_epochs), warmup_lr_init=lr * 0.01)
+
+
+@register_scheduler("none")
+def _none(optimizer, *, epochs: int, steps_per_epoch: int, lr: float):
     return _Constant(optimizer)
 
 

@@ -43,6 +43,8 @@ class TrainParams:
             (the validation split's) or ``none`` (as trained).
         ema: evaluate and keep an exponential moving average of the weights (timm's ``ModelEmaV3``).
         ema_decay: the average's decay per optimizer step (with timm's warm-up for short runs).
+        options: options that registered losses declare beyond these fields, as ``<loss>_<option>``
+            (CONTRIBUTING.md's ``poly1_epsilon``); a space file gives them as top-level keys.
     """
 
     backbone: str = "resnet18"
@@ -118,6 +120,9 @@ class TrainParams:
     clahe: bool = False
     border_crop: bool = False
     aug_threads: int | None = None
+    # Options that registered entries declare beyond the fields above (a loss added in one file:
+    # ``poly1_epsilon``); checked by their declared constraints.
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     @property
     def frozen_epochs(self) -> int:
@@ -130,16 +135,23 @@ class TrainParams:
         origin = origin or str(config.get("_origin", "config"))
         fields = {f.name: f for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         for key, value in config.items():
             if key in META_KEYS:
                 continue
             if key not in fields:
+                declared = _declared_fields()
+                if key in declared:  # an option of a registered loss without a field of its own
+                    extra[key] = value
+                    continue
                 raise ConfigError(
-                    f"unknown training parameter {key!r}{did_you_mean(key, fields)}",
+                    f"unknown training parameter {key!r}{did_you_mean(key, dict.fromkeys([*fields, *declared]))}",
                     origin=origin,
                     field=prefix + key,
                 )
             values[key] = _coerce(value, fields[key], origin=origin, field=prefix + key)
+        if extra:
+            values["options"] = {**values.get("options", {}), **extra}
         params = cls(**values)
         params._check(origin=origin, prefix=prefix)
         return params
@@ -156,25 +168,11 @@ class TrainParams:
         bound("batch_size", self.batch_size >= 2, "an integer >= 2 (batch norm needs two samples)")
         bound("weight_decay", self.weight_decay >= 0, ">= 0")
         bound("image_size", self.image_size is None or self.image_size >= 8, "an integer >= 8")
-        bound("drop_rate", 0 <= self.drop_rate < 1, "in [0, 1)")
         bound("threads", self.threads is None or self.threads >= 1, "an integer >= 1")
         bound("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         bound("epoch_samples", self.epoch_samples is None or self.epoch_samples >= 2, "an integer >= 2 or null (one pass)")
         bound("ema_decay", 0 < self.ema_decay < 1, "in (0, 1), e.g. 0.999")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
-        bound("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
-        bound("focal_gamma", self.focal_gamma >= 0, ">= 0")
-        bound("focal_alpha", self.focal_alpha is None or 0 <= self.focal_alpha <= 1, "in [0, 1] or null")
-        bound("asl_gamma_pos", self.asl_gamma_pos >= 0, ">= 0")
-        bound("asl_gamma_neg", self.asl_gamma_neg >= 0, ">= 0")
-        bound("asl_clip", 0 <= self.asl_clip < 1, "in [0, 1)")
-        bound("sampler", self.sampler in ("random", "balanced"), "random or balanced")
-        bound("momentum", 0 <= self.momentum < 1, "in [0, 1)")
-        bound("warmup_epochs", self.warmup_epochs >= 0, ">= 0")
-        bound("min_lr", self.min_lr >= 0, ">= 0")
-        bound("step_epochs", self.step_epochs >= 1, "an integer >= 1")
-        bound("decay_rate", 0 < self.decay_rate <= 1, "in (0, 1]")
-        bound("plateau_patience", self.plateau_patience >= 0, "an integer >= 0")
         bound("accum_steps", self.accum_steps >= 1, "an integer >= 1")
         bound("clip_grad_norm", self.clip_grad_norm is None or self.clip_grad_norm > 0, "> 0 or null")
         bound("early_stop_patience", self.early_stop_patience is None or self.early_stop_patience >= 1, "an integer >= 1 or null")
@@ -192,31 +190,64 @@ class TrainParams:
         bound("mixup", 0 <= self.mixup <= 1, "a probability in [0, 1]")
         bound("mix_alpha", self.mix_alpha > 0, "> 0")
         bound("aug_threads", self.aug_threads is None or self.aug_threads >= 1, "an integer >= 1 or null")
-        from ._augment import AUGMENT_LEVELS
-        from ._heads import HEADS
-        from ._losses import LOSSES
-        from ._optim import OPTIMIZERS, SCHEDULERS
+        from ._augment import AUGMENT
+        from ._heads import HEAD
+        from ._losses import LOSS, loss_fields
+        from ._optim import OPTIMIZER, SCHEDULER
         from ._prior import PRIOR_CORRECTIONS
+        from ._registry import check_option
+        from ._sampling import SAMPLER
 
-        for name, valid in (
-            ("head", sorted(HEADS)),
-            ("loss", ["auto", *sorted(LOSSES)]),
-            ("optimizer", list(OPTIMIZERS)),
-            ("scheduler", list(SCHEDULERS)),
-            ("augment", list(AUGMENT_LEVELS)),
-            ("prior_correction", list(PRIOR_CORRECTIONS)),
+        # Each named choice is checked by its registry, with the one unknown-name message.
+        for name, registry, also in (
+            ("head", HEAD, ()),
+            ("loss", LOSS, ("auto",)),
+            ("optimizer", OPTIMIZER, ()),
+            ("scheduler", SCHEDULER, ()),
+            ("augment", AUGMENT, ()),
+            ("sampler", SAMPLER, ()),
         ):
             value = getattr(self, name)
-            if value not in valid:
+            if value not in also and value not in registry:
+                raise registry.unknown(value, origin=origin, field=prefix + name, also=also)
+        if not isinstance(self.options, Mapping):
+            raise ConfigError(f"must be a mapping of loss options, got {self.options!r}", origin=origin, field=prefix + "options")
+        # Options of the other registries that are fields here (drop_rate, momentum, warmup_epochs, ...),
+        # by the constraints their entries declare: whichever entry is chosen, as a space may search several.
+        fields = type(self).__dataclass_fields__
+        for registry in (HEAD, OPTIMIZER, SCHEDULER):
+            for _, entry in registry.items():
+                for key, constraints in entry.options.items():
+                    if key in fields:
+                        check_option(key, getattr(self, key), constraints, origin=origin, field=prefix + key)
+        # Every loss's options, whichever loss is chosen (a space searches several), by their declared constraints.
+        for key, (loss, option) in loss_fields().items():
+            value = getattr(self, key) if key in type(self).__dataclass_fields__ else self.options.get(key)
+            if key in type(self).__dataclass_fields__ or key in self.options:
+                check_option(key, value, LOSS[loss].options[option], origin=origin, field=prefix + key)
+        for key in self.options:
+            if key not in loss_fields():
                 raise ConfigError(
-                    f"unknown {name} {value!r}{did_you_mean(value, valid)}; valid: {', '.join(valid)}",
-                    origin=origin, field=prefix + name,
+                    f"unknown loss option {key!r}{did_you_mean(key, loss_fields())}", origin=origin, field=prefix + "options"
                 )
+        valid = list(PRIOR_CORRECTIONS)
+        if self.prior_correction not in valid:
+            raise ConfigError(
+                f"unknown prior_correction {self.prior_correction!r}{did_you_mean(self.prior_correction, valid)}; "
+                f"valid: {', '.join(valid)}",
+                origin=origin, field=prefix + "prior_correction",
+            )
         if self.unfreeze_epoch is not None and self.freeze_epochs and self.unfreeze_epoch != self.freeze_epochs:
             raise ConfigError(
                 "`freeze_epochs` and `unfreeze_epoch` are the same setting and disagree; give only one",
                 origin=origin, field=prefix + "unfreeze_epoch",
             )
+
+
+def _declared_fields() -> dict[str, tuple[str, str]]:
+    from ._losses import loss_fields
+
+    return loss_fields()
 
 
 def _coerce(value: Any, f: dataclasses.Field, *, origin: str, field: str) -> Any:

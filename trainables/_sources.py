@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import abc
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable, Mapping
+from numbers import Integral, Real
+from typing import Any, Callable, ClassVar, Iterable, Mapping, Protocol
 
 import numpy as np
 
 from ._errors import ConfigError, check_keys, did_you_mean
 from ._groups import check_overlap, compile_pattern, group_of, grouped_split
+from ._registry import Registry
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -682,7 +685,52 @@ def groups_from_frame(df: Any, src: Any, csv: Path) -> list[str] | None:
 from ._dicom import DicomSource  # noqa: E402 - they build on the helpers above
 from ._volumes import NiftiSource  # noqa: E402
 
-SOURCES: dict[str, type] = {cls.name: cls for cls in (MedMNISTSource, FolderSource, CSVSource, DicomSource, NiftiSource)}
+class Source(Protocol):
+    """What every data source is: a frozen dataclass of its YAML keys, registered under ``name``."""
+
+    name: ClassVar[str]
+
+    def validate(self, *, origin: str, prefix: str) -> None:
+        """Check the keys against the world (files exist, names are known); a ``ConfigError`` if not."""
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies the data (for the cache key)."""
+
+    def index(self) -> SourceIndex:
+        """The task, class names and each split's ids, labels and image decoder."""
+
+
+# Constraints from the dataclass annotations: what a YAML value of each field may be. Meaning (a file
+# exists, a name is known) is each source's ``validate``.
+_ANNOTATION_CONSTRAINTS: dict[str, list[Any]] = {
+    "str": [str], "int": [Integral], "float": [Real], "bool": [bool], "None": [None],
+    "list[str]": [list], "tuple[str, ...]": [tuple], "Mapping[Any, str]": [abc.Mapping], "Any": [object],
+}
+SOURCE = Registry("data source", field="source")
+SOURCES = SOURCE  # the names, as before
+register_source = SOURCE.register
+
+
+def _field_constraints(cls: type) -> dict[str, list[Any]]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = [c for part in str(f.type).split(" | ") for c in _ANNOTATION_CONSTRAINTS.get(part.strip(), [object])]
+    return out
+
+
+def _add_source(cls: type) -> type:
+    """Register a source dataclass: its fields are its options, its field defaults theirs."""
+
+    def build(**options: Any) -> Any:
+        return _source_from_dict(cls, options, origin="config", prefix="data")
+
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    SOURCE.add(cls.name, build, options=_field_constraints(cls), defaults=defaults, cls=cls)
+    return cls
+
+
+for _cls in (MedMNISTSource, FolderSource, CSVSource, DicomSource, NiftiSource):
+    _add_source(_cls)
 
 
 def create_source(
@@ -692,13 +740,12 @@ def create_source(
 
     ``also_valid`` names keys the caller handles itself (``DataConfig``'s ``cache_dir``, ...): they are
     offered as suggestions for unknown keys but are not accepted here.
+
+    Example:
+        >>> create_source({"source": "medmnist", "dataset": "pneumoniamnist"}).size
+        28
     """
     raw = dict(raw)
     kind = raw.pop("source", None)
-    if kind not in SOURCES:
-        raise ConfigError(
-            f"unknown data source {kind!r}{did_you_mean(str(kind), SOURCES)}; valid: {', '.join(sorted(SOURCES))}",
-            origin=origin,
-            field=f"{prefix}.source",
-        )
-    return _source_from_dict(SOURCES[kind], raw, origin=origin, prefix=prefix, also_valid=("source", *also_valid))
+    entry = SOURCE.get(kind, origin=origin, field=f"{prefix}.source")
+    return _source_from_dict(entry.meta["cls"], raw, origin=origin, prefix=prefix, also_valid=("source", *also_valid))

@@ -20,6 +20,7 @@ from ._errors import ConfigError
 from ._groups import pooled_metrics
 from ._metrics import compute_metrics
 from ._params import TUNE_KEY, TrainParams
+from ._sampling import SAMPLER, sample_weights, train_order  # noqa: F401 - sample_weights: its old home
 
 # The files a trial leaves are the artifact contract's (trainables.artifacts).
 from .artifacts import (
@@ -89,7 +90,7 @@ class _Run:
         from ._ast import ASTController, EnergyMeter
         from ._augment import build_augment
         from ._heads import build_classifier
-        from ._losses import create_loss
+        from ._losses import create_loss, loss_options
         from ._optim import Stager, create_optimizer, create_scheduler
 
         p = self.p = params
@@ -141,9 +142,7 @@ class _Run:
         self.logit_bias = self._prior_bias(class_weights)
         self.loss_fn = create_loss(
             loss, task=self.ds.task, num_classes=self.ds.num_classes,
-            class_weights=class_weights,
-            label_smoothing=p.label_smoothing, gamma=p.focal_gamma, alpha=p.focal_alpha,
-            gamma_pos=p.asl_gamma_pos, gamma_neg=p.asl_gamma_neg, clip=p.asl_clip,
+            class_weights=class_weights, **loss_options(loss, p),
         ).to(self.device)
         self.augment = build_augment(
             p.augment, image_size=self.ds.image_size, hflip=p.hflip, vflip=p.vflip, rotate=p.rotate, affine=p.affine,
@@ -214,19 +213,7 @@ class _Run:
     def _train_order(self) -> np.ndarray:
         """This epoch's sample order: a permutation, or class-balanced draws with replacement."""
         labels = self.ds.splits["train"].labels
-        n = len(labels)
-        k = self.epoch_samples
-        if self.p.sampler != "balanced":
-            if k == n:
-                return self.rng.permutation(n)
-            # Sub-epochs draw without replacement within the epoch; longer ones chain permutations.
-            reps = -(-k // n)
-            return np.concatenate([self.rng.permutation(n) for _ in range(reps)])[:k]
-        from torch.utils.data import WeightedRandomSampler
-
-        weights = sample_weights(labels, multilabel=self.ds.multilabel)
-        gen = self.torch.Generator().manual_seed(int(self.rng.integers(2**31)))
-        return np.fromiter(WeightedRandomSampler(weights, num_samples=k, replacement=True, generator=gen), dtype=np.int64, count=k)
+        return train_order(self.p.sampler, labels, n_samples=self.epoch_samples, rng=self.rng, multilabel=self.ds.multilabel)
 
     def _batches(self, split: str, *, shuffle: bool, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         sp = self.ds.splits[split]
@@ -236,7 +223,7 @@ class _Run:
             idx = order[b : b + batch_size]
             if shuffle and len(idx) < 2:
                 break  # batch norm cannot train on one sample
-            if not shuffle or (self.p.sampler != "balanced" and self.epoch_samples <= len(sp)):
+            if not shuffle or (not SAMPLER[self.p.sampler].meta["replacement"] and self.epoch_samples <= len(sp)):
                 idx = np.sort(idx)  # memmap reads in order (balanced draws repeat indices: keep them)
             yield sp.images[idx], sp.labels[idx]
 
@@ -683,22 +670,6 @@ def predictions_frame(ds: Dataset, split: str, probs: np.ndarray):
     for j, name in enumerate(ds.class_names):
         cols[f"prob_{name}"] = probs[:, j].astype(np.float32)
     return pd.DataFrame(cols)
-
-
-def sample_weights(labels: np.ndarray, *, multilabel: bool) -> np.ndarray:
-    """Per-sample draw weights that make classes about equally likely (inverse class frequency).
-
-    Multi-label: the mean inverse frequency of a sample's positive labels (the negatives' share if none).
-    """
-    if not multilabel:
-        counts = np.bincount(labels)
-        return 1.0 / counts[labels]
-    pos = labels == 1
-    freq = np.maximum(pos.sum(0), 1)
-    none = max(int((~pos.any(1)).sum()), 1)
-    inv = np.where(pos, 1.0 / freq, 0.0).sum(1)
-    n_pos = pos.sum(1)
-    return np.where(n_pos > 0, inv / np.maximum(n_pos, 1), 1.0 / none)
 
 
 def _prefetch(iterator, *, depth: int = 2):

@@ -152,7 +152,7 @@ def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
         ({"top_k": 0}, r"ensemble\.top_k: must be an integer >= 1, got 0"),
         ({"top_k": "5"}, r"ensemble\.top_k: must be an integer"),
         ({"n_folds": 1}, r"ensemble\.n_folds: must be an integer >= 2"),
-        ({"combiners": ["mean", "stack"]}, r"Unknown combiner 'stack'; valid: mean, best, greedy, logistic, mlp"),
+        ({"combiners": ["mean", "stack"]}, r"ensemble\.combiners: Unknown combiner 'stack'; valid: best, greedy, logistic, mean, mlp$"),
         ({"selection": "topk"}, r"ensemble\.selection: Unknown selection 'topk'; did you mean 'top_k'\?; valid: greedy, top_k"),
         ({"combiners": []}, r"ensemble\.combiners: must be a list"),
         ({"temperature": "yes"}, r"ensemble\.temperature: must be true or false"),

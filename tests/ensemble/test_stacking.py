@@ -161,7 +161,7 @@ def test_folds_shrink_to_the_rarest_class():
 @pytest.mark.parametrize(
     "options, match",
     [
-        ({"combiners": ("mean", "logistc")}, r"Unknown combiner 'logistc'; did you mean 'logistic'\?; valid: mean, best, greedy, logistic, mlp"),
+        ({"combiners": ("mean", "logistc")}, r"^combiners: Unknown combiner 'logistc'; valid: best, greedy, logistic, mean, mlp; did you mean 'logistic'\?$"),
         ({"combiners": ()}, "at least one combiner"),
         ({"task": "multiclass"}, "did you mean 'multi-class'"),
         ({"metric": "auc"}, "Unknown metric 'auc'"),

@@ -82,7 +82,7 @@ MALFORMED = [
     ("metric not reported", sub("metric: val_auroc", "metric: val_f1"), [],
      r"search\.metric: the trainable does not report 'val_f1'.*; use one of val_auroc, val_accuracy"),
     ("loss maximized", sub("metric: val_auroc", "metric: val_loss\n  mode: max"), [], r"search\.mode: max with val_loss would pick the highest loss; use mode: min"),
-    ("unknown sampler", BASE + "  sampler: {type: tpee}\n", [], r"search\.sampler\.type: `type` must be one of tpe, random, cmaes, nsga2, got 'tpee'; did you mean 'tpe'\?"),
+    ("unknown sampler", BASE + "  sampler: {type: tpee}\n", [], r"search\.sampler\.type: Unknown Optuna sampler 'tpee'; valid: cmaes, nsga2, random, tpe; did you mean 'tpe'\?"),
     ("grace above max_t", sub("max_t: 2}", "max_t: 2, grace_period: 3}"), [], r"search\.scheduler\.grace_period: `grace_period` \(3\) must be <= `max_t` \(2\)"),
     ("median with asha keys", sub("{type: asha, max_t: 2}", "{type: median, max_t: 2}"), [], r"search\.scheduler\.max_t: unknown key 'max_t' in a median scheduler"),
     ("fractional gpus above one", BASE + "  resources: {cpu: 1, gpu: 1.5}\n", [], r"search\.resources\.gpu: `gpu` above 1 must be a whole number"),

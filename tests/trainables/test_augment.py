@@ -254,8 +254,8 @@ def test_mix_probability_and_reproducibility():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: build_augment("advnced", image_size=28), r"^augment: Unknown augment level 'advnced'; did you mean 'advanced' or 'enhanced'\?; valid: none, simple, enhanced, advanced$"),
-        (lambda: build_augment("heavy", image_size=28), r"^augment: Unknown augment level 'heavy'; valid: none, simple, enhanced, advanced$"),
+        (lambda: build_augment("advnced", image_size=28), r"^augment: Unknown augment level 'advnced'; valid: advanced, enhanced, none, simple; did you mean 'advanced' or 'enhanced'\?$"),
+        (lambda: build_augment("heavy", image_size=28), r"^augment: Unknown augment level 'heavy'; valid: advanced, enhanced, none, simple$"),
         (lambda: build_augment("simple", image_size=0), r"^image_size: must be a positive integer, got 0$"),
         (lambda: build_augment("simple", image_size=28, hflip="yes"), r"^hflip: must be true, false or null"),
         (lambda: build_augment("simple", image_size=28, rotate=-5), r"^rotate: must be a limit in degrees in \[0, 180\]"),

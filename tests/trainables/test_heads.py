@@ -27,11 +27,6 @@ def images(n: int, in_chans: int, size: int = 32) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ the registry
 
 
-def test_registry_names() -> None:
-    assert sorted(HEADS) == ["cbam", "linear", "se"]
-    assert all(name.isidentifier() and name == name.lower() for name in HEADS)
-
-
 @pytest.mark.parametrize("name", sorted(HEADS))
 def test_head_maps_feature_map_to_logits_with_gradients(name: str) -> None:
     head = create_head(name, in_features=C, num_classes=K, drop_rate=0.2)
@@ -176,7 +171,7 @@ def test_pretrained_path_loads_local_weights(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("name", "options", "match"),
     [
-        ("sse", {}, "^Unknown head 'sse'; valid: cbam, linear, se; did you mean 'se'"),
+        ("sse", {}, "^head: Unknown head 'sse'; valid: cbam, linear, se; did you mean 'se'"),
         ("se", {"reduction": 0}, "reduction: must be an integer >= 1"),
         ("linear", {"num_classes": 0}, "num_classes: must be an integer >= 1"),
         ("cbam", {"drop_rate": 1.0}, r"drop_rate: must be a number in \[0, 1\)"),
@@ -191,7 +186,7 @@ def test_create_head_bad_config_raises_config_error(name: str, options: dict, ma
 @pytest.mark.parametrize(
     ("backbone", "options", "match"),
     [
-        ("test_resnet", {"head": "attn"}, "^Unknown head 'attn'; valid: cbam, linear, se"),
+        ("test_resnet", {"head": "attn"}, "^head: Unknown head 'attn'; valid: cbam, linear, se"),
         ("test_vit", {"head": "se"}, "head 'se' needs a convolutional feature map.*'test_vit'.*use head 'linear'"),
         ("test_vit", {"head": "cbam", "in_chans": 1}, "head 'cbam' needs a convolutional feature map.*'test_vit'"),
         ("test_resnett", {"head": "linear"}, "unknown timm backbone 'test_resnett'"),

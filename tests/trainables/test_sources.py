@@ -480,11 +480,11 @@ ERROR_CASES = {
     ),
     "unknown source": (
         lambda t: {"source": "folders", "root": str(t)},
-        r"^config: data\.source: unknown data source 'folders'; did you mean 'folder'\?; valid: csv, dicom, folder, medmnist, nifti$",
+        r"^config: data\.source: Unknown data source 'folders'; valid: csv, dicom, folder, medmnist, nifti; did you mean 'folder'\?$",
     ),
     "no source": (
         lambda t: {"root": str(t)},
-        r"^config: data\.source: unknown data source None; valid: csv, dicom, folder, medmnist, nifti$",
+        r"^config: data\.source: Unknown data source None; valid: csv, dicom, folder, medmnist, nifti$",
     ),
     "unknown key": (
         lambda t: {"source": "folder", "root": str(t), "val_fractoin": 0.2},
