@@ -61,7 +61,11 @@ def test_predict_on_a_folder_of_pngs_writes_one_row_per_image(sweep, tmp_path):
     # A binary bundle decides at the threshold its ensemble chose on validation, not at 0.5.
     thr = json.loads((sweep.bundle / "manifest.json").read_text())["combiner"]["state"]["threshold"]
     assert 0.0 <= thr <= 1.0
-    assert (frame["predicted"] == np.where(frame["prob_pneumonia"] >= thr, "pneumonia", "normal")).all()
+    # The threshold is one of the validation images' probabilities (Youden's J), and these images include
+    # them: a probability at the threshold is written rounded (6 digits), so it may read as either side.
+    clear = (frame["prob_pneumonia"] - thr).abs() > 1e-5
+    decided = np.where(frame["prob_pneumonia"] >= thr, "pneumonia", "normal")
+    assert (frame["predicted"] == decided)[clear].all() and clear.sum() >= 60
     assert f"64 predictions written to {out_csv}" in out and f"probability >= {thr:.4g}" in out
 
 
