@@ -3,21 +3,19 @@
 from ._html import write_html_report
 from ._leaderboard import read_leaderboard, tune_leaderboard
 from ._run import DefineByRun, describe, run_sweep, trial_constants
-from ._space import (
+from ._files import apply_overrides, parse_override
+from ._params import Param
+from ._sections import (
     MLflowConfig,
     Objective,
-    Param,
     Resources,
     SamplerConfig,
     SchedulerConfig,
     SearchConfig,
-    Space,
     TrackingConfig,
-    apply_overrides,
     check_metric,
-    load_space,
-    parse_override,
 )
+from ._space import Space, load_space
 
 __all__ = [
     "DefineByRun",

@@ -175,7 +175,7 @@ def param_importances(board: Any, space: Mapping[str, Any], *, mode: str = "max"
     """
     import optuna
 
-    from ._space import space_params
+    from ._params import space_params
 
     # The same Param objects (Optuna distributions) the sweep's sampler drew from.
     dists = {name: p.distribution for name, p in space_params(space).items()}

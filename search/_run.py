@@ -17,7 +17,9 @@ import yaml
 
 from trainables import TUNE_KEY, ConfigError, TrainParams
 
-from ._space import Param, SamplerConfig, SchedulerConfig, Space
+from ._params import Param
+from ._sections import SamplerConfig, SchedulerConfig
+from ._space import Space
 
 # Keys of ``data`` that hold paths: made absolute, because Tune runs each trial in its own folder.
 _DATA_PATH_KEYS = ("root", "labels_csv", "img_dir", "cache_dir")

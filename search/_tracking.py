@@ -15,7 +15,8 @@ from typing import Any
 
 from trainables import ConfigError
 
-from ._space import MLflowConfig, Space
+from ._sections import MLflowConfig
+from ._space import Space
 
 # Tags on every MLflow run of a sweep: the UI can filter a sweep's trials and its ensemble by them.
 SWEEP_TAG = "medsweep.sweep"

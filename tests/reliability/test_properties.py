@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search._run import describe
-from search._space import SECTIONS, load_space
+from search._files import SECTIONS
+from search._space import load_space
 from trainables import ConfigError, DataConfig, load_dataset
 
 from .._images import write_class_folders

@@ -212,7 +212,7 @@ def test_include_finds_shipped_presets():
     presets = sorted(p.stem for p in (Path(__file__).resolve().parents[2] / "spaces" / "presets").glob("*.yaml"))
     if not presets:
         pytest.skip("no shipped presets")
-    from search._space import _find_include
+    from search._files import _find_include
 
     assert _find_include(f"presets/{presets[0]}", Path("/nonexistent")) is not None
 
@@ -251,7 +251,7 @@ def test_set_reaches_into_a_shorthand_section(tmp_path):
 def test_tpe_starts_with_a_quarter_of_the_sweep_at_random(n_trials, given, startup):
     # Optuna's default 10 random trials would leave a 14-trial sweep only 4 guided ones.
     from search._run import create_sampler
-    from search._space import SamplerConfig
+    from search._sections import SamplerConfig
 
     sampler = create_sampler(SamplerConfig(type="tpe", seed=0, n_startup_trials=given), n_trials=n_trials)
     assert sampler._n_startup_trials == startup
