@@ -22,7 +22,8 @@ pytest.importorskip("onnx")
 
 from ensemble import StackingEnsemble, build_ensemble, export_onnx, load, verify_bundle  # noqa: E402
 from ensemble._onnx import combiner_module, generated_images  # noqa: E402
-from ensemble._stacking import _apply_temperature, _combine, _normalise  # noqa: E402
+from ensemble._calibration import _apply_temperature  # noqa: E402
+from ensemble._combiners import _combine, _normalise  # noqa: E402
 from trainables import ConfigError  # noqa: E402
 
 from .._images import write_class_folders  # noqa: E402

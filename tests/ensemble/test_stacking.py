@@ -136,8 +136,10 @@ def test_cv_only_sees_the_rows_given(monkeypatch):
 
         monkeypatch.setattr(cls, "fit", spy)
     greedy_rows = []
-    original_greedy = stacking._fit_greedy
-    monkeypatch.setattr(stacking, "_fit_greedy", lambda P, y, *a: greedy_rows.append(P.shape[1]) or original_greedy(P, y, *a))
+    import ensemble._combiners as combiners
+
+    original_greedy = combiners._fit_greedy
+    monkeypatch.setattr(combiners, "_fit_greedy", lambda P, y, *a: greedy_rows.append(P.shape[1]) or original_greedy(P, y, *a))
 
     P, y = single_label(400, 2, [1.0, 0.5], seed=5)
     Pv, yv = P[:, :120], y[:120]  # the rest plays the test split: never handed to fit
