@@ -6,14 +6,13 @@ the weights to predict; this reads two JSON files).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainables import ConfigError
+from trainables.artifacts import read_json_object
 
 from ._bundle import MANIFEST, METRICS
 
@@ -106,10 +105,4 @@ def read_ensemble(path: str | os.PathLike[str]) -> BuiltEnsemble | None:
 
 
 def _read_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"unreadable ({' '.join(str(exc).split())[:120]}); rebuild it with python -m ensemble.build RUN_DIR", origin=str(path)) from None
-    if not isinstance(data, dict):
-        raise ConfigError("is not a JSON object; rebuild it with python -m ensemble.build RUN_DIR", origin=str(path))
-    return data
+    return read_json_object(path, fix="rebuild it with python -m ensemble.build RUN_DIR")

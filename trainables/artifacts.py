@@ -56,6 +56,7 @@ __all__ = [
     "prepare_batch",
     "prepare_image",
     "read_leaderboard",
+    "read_json_object",
     "read_model_json",
     "read_predictions",
     "write_model_json",
@@ -206,6 +207,24 @@ def _floats(values: Any) -> tuple[float, ...] | None:
     return None if values is None else tuple(float(v) for v in values)
 
 
+def read_json_object(path: str | os.PathLike[str], *, fix: str) -> dict[str, Any]:
+    """A JSON file that must hold an object (``model.json``, ``manifest.json``, ``metrics.json``).
+
+    Raises:
+        ConfigError: unreadable or not an object: one line naming the file and ``fix``.
+
+    Example:
+        >>> read_json_object("runs/cxr/ensemble/metrics.json", fix="rebuild it with python -m ensemble.build RUN_DIR")
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"unreadable ({' '.join(str(exc).split())[:120]}); {fix}", origin=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"is not a JSON object; {fix}", origin=str(path))
+    return data
+
+
 def read_model_json(folder: str | os.PathLike[str]) -> dict[str, Any]:
     """A trial's ``model.json`` (``folder`` is the trial or checkpoint folder), checked for the spec's keys.
 
@@ -213,12 +232,7 @@ def read_model_json(folder: str | os.PathLike[str]) -> dict[str, Any]:
         ConfigError: unreadable, or lacking a key of the spec.
     """
     path = Path(folder) / MODEL_JSON
-    try:
-        model = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"unreadable ({exc}); the trial's checkpoint is damaged: rerun the trial or lower top_k", origin=str(path)) from None
-    if not isinstance(model, dict):
-        raise ConfigError("is not a JSON object; the trial's checkpoint is damaged: rerun the trial or lower top_k", origin=str(path))
+    model = read_json_object(path, fix="the trial's checkpoint is damaged: rerun the trial or lower top_k")
     missing = [k for k in _SPEC_KEYS if k not in model]
     if missing:
         raise ConfigError(f"lacks {', '.join(missing)}; written by an older trainer? rerun the trial", origin=str(path))
