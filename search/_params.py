@@ -117,10 +117,15 @@ class Param:
         if self.type == "categorical":
             text = f"categorical {list(self.choices)}"
         else:
-            text = f"{self.type} [{self.low}, {self.high}]" + (" log" if self.log else "") + (f" step {self.step}" if self.step else "")
+            text = f"{self.type} [{_num(self.low)}, {_num(self.high)}]" + (" log" if self.log else "") + (f" step {_num(self.step)}" if self.step else "")
         if self.when:
             text += "  when " + " and ".join(_describe_condition(k, v) for k, v in self.when.items())
         return text
+
+
+def _num(value: Any) -> Any:
+    """A bound as the file would write it: Optuna keeps a float range's bounds as floats (1.0 for 1)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _matches(value: Any, want: Any) -> bool:
@@ -243,7 +248,7 @@ def _param(name: str, spec: Any, origin: str) -> Param:
         else:
             dist = FloatDistribution(float(low), float(high), log=log, step=step)
     except ValueError as exc:
-        raise ConfigError(f"{exc} (Optuna's rule for a {kind} parameter); fix the range", origin=origin, field=where) from None
+        raise ConfigError(f"{str(exc).rstrip('.')} (Optuna's rule for a {kind} parameter); fix the range", origin=origin, field=where) from None
     default = spec.get("default")
     if default is not None and not (low <= default <= high):
         raise ConfigError(f"default {default!r} is outside [{low}, {high}]", origin=origin, field=f"{where}.default")

@@ -71,7 +71,7 @@ MALFORMED = [
     ("unknown search key", sub("n_trials: 4", "n_trail: 4"), [], r"search\.n_trail: unknown key 'n_trail' in search; did you mean 'n_trials'\?"),
     ("wrong type n_trials", sub("n_trials: 4", "n_trials: four"), [], r"search\.n_trials: `n_trials` must be an integer >= 1 \(or null\), got 'four'"),
     ("wrong type fixed", sub("epochs: 2}", "epochs: two}"), [], r"fixed\.epochs: must be an int, got 'two'"),
-    ("low > high", sub("low: 1.0e-4, high: 1.0e-2", "low: 1.0e-2, high: 1.0e-4"), [], r"space\.lr: `low <= high` must hold, but got low=0\.01, high=0\.0001; swap them"),
+    ("low > high", sub("low: 1.0e-4, high: 1.0e-2", "low: 1.0e-2, high: 1.0e-4"), [], r"space\.lr: `low <= high` must hold, but got \(low=0\.01, high=0\.0001\) \(Optuna's rule for a float parameter\); fix the range"),
     ("when on unknown parameter", sub("when: {loss: focal}", "when: {los: focal}"), [],
      r"space\.focal_gamma\.when\.los: 'los' is neither searched nor fixed; did you mean 'loss'\?"),
     ("when on an impossible value", sub("when: {loss: focal}", "when: {loss: focall}"), [],
