@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from trainables import TUNE_KEY, ConfigError, TrainParams
+from trainables import DEADLINE_KEY, TUNE_KEY, ConfigError, TrainParams
 
 from ._params import Param
 from ._sections import SamplerConfig, SchedulerConfig
@@ -250,6 +250,9 @@ def _preflight(space: Space, constants: Mapping[str, Any]) -> Any:
     return first
 
 
+# Where a sweep with a budget writes its trials' deadline (``trainables.DEADLINE_KEY``).
+DEADLINE_FILE = "deadline.txt"
+
 # The ensemble step and the report run inside the budget: the trials stop this much before it ends.
 _RESERVE_SHARE = 0.1
 # (A 900 s sweep of BloodMNIST-sized test splits spent 89 s on the ensemble step and the report, bench/RESULTS.md.)
@@ -346,6 +349,10 @@ def run_sweep(
             space = _size(space, dataset, constants, budget_s=budget_s, elapsed_s=time.perf_counter() - t_begin)
             cfg = space.search
         constants = trial_constants(space)
+        deadline_file = None
+        if budget_s and "://" not in run_dir:
+            deadline_file = Path(run_dir).expanduser().resolve() / DEADLINE_FILE
+            constants[DEADLINE_KEY] = str(deadline_file)
         resolved = space.resolved()
         resolved["data"] = constants["data"]
         space_text = yaml.safe_dump(resolved, sort_keys=False)
@@ -370,6 +377,10 @@ def run_sweep(
                 flush=True,
             )
         print(f"[medsweep] {describe_tracking(space, run_dir=run_dir)}", flush=True)
+        if deadline_file is not None and tuner_budget is not None:
+            # Read by the trials before each epoch (see trainables.DEADLINE_KEY); a resume writes its own.
+            deadline_file.parent.mkdir(parents=True, exist_ok=True)
+            deadline_file.write_text(f"{time.time() + tuner_budget:.3f}\n")
         t0 = time.perf_counter()
         tuner.fit()
         seconds = time.perf_counter() - t0

@@ -20,9 +20,10 @@ from ._dicom import DicomSource
 from ._sources import IMAGE_EXTENSIONS, SOURCES, CSVSource, FolderSource, MedMNISTSource, Source, create_source, read_image_file
 from ._volumes import NiftiSource
 from ._train import Trainer, TrainingDiverged, drop_resume_state, predictions_frame, train
-from ._params import TUNE_KEY
+from ._params import DEADLINE_KEY, TUNE_KEY
 
 __all__ = [
+    "DEADLINE_KEY",
     "TUNE_KEY",
     "Interval",
     "Options",

@@ -11,8 +11,12 @@ from ._errors import ConfigError, did_you_mean
 # Set (True) in the config of a trial that Ray Tune runs: the trainable then reports to Tune and writes into
 # the trial's folder. Standalone runs leave it out. Explicit, because Ray's own test for a session is private.
 TUNE_KEY = "_tune"
+# A file holding the sweep's deadline for its trials (seconds since the epoch, as ``time.time()``): a trial
+# ends before an epoch it cannot finish by then, so the budget does not end it halfway through one. A file,
+# not a value in the config: a resumed sweep writes its own deadline there, while Tune keeps the old config.
+DEADLINE_KEY = "_deadline_file"
 # Keys of Tune's config that are not training parameters.
-META_KEYS = ("data", "_origin", "_out_dir", "_resume", TUNE_KEY)
+META_KEYS = ("data", "_origin", "_out_dir", "_resume", TUNE_KEY, DEADLINE_KEY)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from ._cache import DataConfig, Dataset, load_dataset
 from ._errors import ConfigError
 from ._groups import pooled_metrics
 from ._metrics import compute_metrics
-from ._params import TUNE_KEY, TrainParams
+from ._params import DEADLINE_KEY, TUNE_KEY, TrainParams
 from ._sampling import SAMPLER, sample_weights, train_order  # noqa: F401 - sample_weights: its old home
 
 # The files a trial leaves are the artifact contract's (trainables.artifacts).
@@ -102,6 +102,7 @@ class _Run:
             for stale in (METRICS_CSV, *(predictions_file(split) for split in PREDICTION_SPLITS)):
                 (out_dir / stale).unlink(missing_ok=True)
         self.config = {k: v for k, v in config.items() if not k.startswith("_")}
+        self.deadline_file = Path(config[DEADLINE_KEY]) if tune and config.get(DEADLINE_KEY) else None
         self.torch = torch
         self.threads = p.threads or _assigned_cpus(tune)
         torch.set_num_threads(self.threads)
@@ -399,7 +400,10 @@ class _Run:
         self._restore()
         row: dict[str, Any] = {}
         since_best = 0
+        took: list[float] = []
         for epoch in range(self.start_epoch, self.p.epochs):
+            if self._past_deadline(took):
+                break
             t0 = time.perf_counter()
             self.current_epoch = epoch
             row = {"epoch": epoch + 1, "lr": current_lr(self.opt, "head"), "backbone_lr": current_lr(self.opt, "backbone")}
@@ -423,12 +427,29 @@ class _Run:
             row["best_score"] = self.best
             row["best_epoch"] = self.best_epoch
             row["epoch_seconds"] = time.perf_counter() - t0
+            took.append(row["epoch_seconds"])
             self._report(row, epoch + 1)
             if not self.tune and self.p.early_stop_patience and since_best >= self.p.early_stop_patience:
                 print(f"[medsweep] early stop: no improvement of {self.p.select_metric} in {since_best} epochs")
                 break
         self._finish()
         return row
+
+    def _past_deadline(self, took: list[float]) -> bool:
+        """Whether the next epoch would end after the sweep's deadline (judged by this run's last epochs).
+
+        Tune ends a budget by stopping the trials that still run, and a trial stops only at its next
+        report: on a large data set that is most of an epoch past the budget. A trial that sees the end
+        coming stops at its last report instead, its best predictions written.
+        """
+        if self.deadline_file is None or not took:
+            return False
+        try:
+            deadline = float(self.deadline_file.read_text().strip())
+        except (OSError, ValueError):
+            return False  # no deadline (a cluster without a shared run folder): Tune's budget alone ends it
+        recent = took[-3:]
+        return time.time() + 1.1 * sum(recent) / len(recent) > deadline
 
     # ------------------------------------------------------------------ outputs
 

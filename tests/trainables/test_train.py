@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainables import TUNE_KEY, train
+from trainables import DEADLINE_KEY, TUNE_KEY, train
 from trainables._train import BEST_WEIGHTS, LAST_WEIGHTS
 
 from .conftest import shared_npz
@@ -148,6 +148,29 @@ def test_under_ray_tune_reports_each_epoch_and_retries_from_checkpoint(tiny_data
     with result.checkpoint.as_directory() as ckpt:
         assert (Path(ckpt) / BEST_WEIGHTS).is_file()
         assert (Path(ckpt) / "predictions_val.parquet").is_file()
+
+
+def test_a_trial_stops_before_an_epoch_that_would_end_past_the_deadline(tiny_data, tmp_path, ray_local):
+    """The sweep's deadline file ends a trial at a report, its files written; without one it runs its epochs."""
+    import time
+
+    from ray import tune
+
+    deadline = tmp_path / "deadline.txt"
+    runs = {}
+    for name, seconds_left in (("late", -1.0), ("early", 3600.0)):
+        deadline.write_text(f"{time.time() + seconds_left:.3f}\n")
+        tuner = tune.Tuner(
+            train,
+            param_space={**TINY, "epochs": 4, "data": tiny_data, TUNE_KEY: True, DEADLINE_KEY: str(deadline)},
+            run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), name=name, verbose=0),
+        )
+        runs[name] = tuner.fit()[0]
+    late, early = runs["late"], runs["early"]
+    assert late.error is None and early.error is None
+    # Past the deadline a trial still trains its first epoch (it has no measure of an epoch before that).
+    assert late.metrics["epoch"] == 1 and early.metrics["epoch"] == 4
+    assert (Path(late.path) / "predictions_val.parquet").is_file() and (Path(late.path) / "model.json").is_file()
 
 
 @pytest.mark.skipif(shared_npz("pneumoniamnist") is None, reason="../shared/datasets/pneumoniamnist.npz is absent")
