@@ -129,6 +129,7 @@ def build_manifest(selection: Selection, ensemble: Any, summary: Summary, weight
                 "best_epoch": m.model.get("best_epoch"),
                 # added to the member's logits before softmax/sigmoid (a balanced sampler's prior correction); null: none
                 "logit_bias": _logit_bias(m.model, origin=str(m.folder / MODEL_JSON)),
+                **({"folds": int(m.model["folds"])} if int(m.model.get("folds") or 1) > 1 else {}),
                 "weights": weight_files[m.trial_id],
                 "sha256": None,  # filled in with the files' hashes
             }
@@ -471,7 +472,7 @@ class Bundle:
         import torch
         from safetensors.torch import load as load_safetensors
 
-        from trainables import build_classifier
+        from trainables import build_member
 
         from ._stacking import StackingEnsemble
 
@@ -501,9 +502,7 @@ class Bundle:
                 raise ConfigError(f"members[{i}]: num_classes does not fit class_names; {_fix(self.path)}", origin=origin)
             # The members as plain dicts (what ``members`` has always held), the specs beside them.
             spec = {"trial_id": trial_id, **member.to_manifest()}
-            model = build_classifier(
-                spec["backbone"], head=spec["head"], num_classes=spec["num_classes"], in_chans=spec["channels"], pretrained=False
-            )
+            model = build_member(member)
             try:
                 state = load_safetensors(blobs[entry["weights"]])
                 model.load_state_dict(state, strict=True)

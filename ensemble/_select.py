@@ -64,6 +64,10 @@ class EnsembleSettings:
         threshold: binary tasks' operating point: ``youden`` (chosen on validation) or ``argmax`` (0.5).
         weights_dtype: the bundle's member weights, ``float32`` or ``float16`` (half the size; the members
             run in float32 as before, predictions move by about 1e-4).
+        bagging: refit the chosen members on ``bag_folds`` folds of train+val after the search and stack
+            their out-of-fold predictions (AutoGluon's bagging): ``auto`` (when the validation split is
+            small; the search then gets less of the budget), ``true`` or ``false``.
+        bag_folds: folds of a bag (grouped by patient, stratified).
         top_k_set: whether ``top_k`` was given (file or flag) rather than defaulted.
     """
 
@@ -81,6 +85,8 @@ class EnsembleSettings:
     seed: int = 0
     threshold: str = "youden"
     weights_dtype: str = "float32"
+    bagging: str | bool = "auto"
+    bag_folds: int = 5
     top_k_set: bool = False
 
     @classmethod
@@ -90,14 +96,18 @@ class EnsembleSettings:
         raw = dict(raw or {})
         check_keys(raw, ENSEMBLE_KEYS, origin=origin, prefix=prefix)
         values: dict[str, Any] = {}
-        for key in ("top_k", "pool", "n_folds", "mlp_hidden", "greedy_rounds", "max_per_backbone", "seed"):
+        for key in ("top_k", "pool", "n_folds", "mlp_hidden", "greedy_rounds", "max_per_backbone", "seed", "bag_folds"):
             if key not in raw or (key == "max_per_backbone" and raw[key] is None):
                 continue
-            low = {"n_folds": 2, "seed": 0}.get(key, 1)
+            low = {"n_folds": 2, "seed": 0, "bag_folds": 2}.get(key, 1)
             value = raw[key]
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ConfigError(f"must be an integer >= {low}, got {value!r}", origin=origin, field=f"{prefix}.{key}")
             values[key] = int(value)
+        if "bagging" in raw:
+            if raw["bagging"] not in ("auto", True, False) or isinstance(raw["bagging"], (int, float)) and not isinstance(raw["bagging"], bool):
+                raise ConfigError(f"must be auto, true or false, got {raw['bagging']!r}", origin=origin, field=f"{prefix}.bagging")
+            values["bagging"] = raw["bagging"]
         for key in ("temperature", "class_bias"):
             if key in raw:
                 if not isinstance(raw[key], bool):

@@ -7,6 +7,7 @@ file into Tune's objects and the results into a table.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -17,6 +18,7 @@ import yaml
 
 from trainables import DEADLINE_KEY, TUNE_KEY, ConfigError, TrainParams
 
+from ._bag import BAG_SHARE
 from ._params import Param
 from ._sections import SamplerConfig, SchedulerConfig
 from ._space import Space
@@ -259,13 +261,14 @@ _RESERVE_SHARE = 0.1
 _RESERVE_MAX_S = 120.0
 
 
-def trial_budget(budget_s: float | None, elapsed_s: float) -> float | None:
+def trial_budget(budget_s: float | None, elapsed_s: float, *, share: float = 1.0) -> float | None:
     """Seconds the trials get of a ``budget_s`` sweep already ``elapsed_s`` in: the rest, less a reserve
-    (a tenth of the budget, at most two minutes) for the ensemble step and the report; at least 10 s."""
+    (a tenth of the budget, at most two minutes) for the ensemble step and the report; at least 10 s.
+    ``share``: the part of that the search's trials get (a sweep that bags keeps the rest for its bags)."""
     if budget_s is None:
         return None
     reserve = min(_RESERVE_SHARE * budget_s, _RESERVE_MAX_S)
-    return max(10.0, budget_s - reserve - elapsed_s)
+    return max(10.0, (budget_s - reserve - elapsed_s) * share)
 
 
 def concurrency(space: Space) -> int:
@@ -339,14 +342,17 @@ def run_sweep(
     else:  # on a cluster the data may live on the workers only
         TrainParams.from_config({**space.defaults(), **constants}, origin=space.origin)
 
+    bag = ensemble and "://" not in run_dir and _bagging_wanted(space, dataset)
+    share = 1.0 - BAG_SHARE if bag and cfg.time_budget_s else 1.0
     started = _init_ray(address, verbose)
     _quiet_logs(verbose)  # ray.init sets its loggers' levels again
+    bag_dir = None
     try:
         trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         budget_s = cfg.time_budget_s
-        tuner_budget = trial_budget(budget_s, 0.0)
+        tuner_budget = trial_budget(budget_s, 0.0, share=share)
         if not resume and space.auto_epochs:
-            space = _size(space, dataset, constants, budget_s=budget_s, elapsed_s=time.perf_counter() - t_begin)
+            space = _size(space, dataset, constants, budget_s=budget_s, elapsed_s=time.perf_counter() - t_begin, share=share)
             cfg = space.search
         constants = trial_constants(space)
         deadline_file = None
@@ -367,7 +373,7 @@ def run_sweep(
             tuner = tune.Tuner.restore(run_dir, trainable=trainable, resume_errored=True)
         else:
             write_bytes(run_dir, "space.yaml", space_text.encode())
-            tuner_budget = trial_budget(budget_s, time.perf_counter() - t_begin)
+            tuner_budget = trial_budget(budget_s, time.perf_counter() - t_begin, share=share)
             tuner = build_tuner(space, trainable, run_dir=run_dir, constants=constants, verbose=verbose, time_budget_s=tuner_budget)
             count = f"{cfg.n_trials} trials" if cfg.n_trials is not None else "trials until the budget is spent"
             budget_text = f", budget {budget_s:.0f}s (trials {tuner_budget:.0f}s)" if budget_s else ""
@@ -389,6 +395,9 @@ def run_sweep(
         uri_prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
         frame = tune_leaderboard(run_dir, space, uri_prefix=uri_prefix)
         paths = write_leaderboard(frame, run_dir) + [f"{run_dir}/space.yaml"]
+        if bag and _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget):
+            bag_dir = _bagging_step(space, frame, run_dir=run_dir, dataset=dataset, t_begin=t_begin,
+                                    deadline_file=deadline_file, verbose=verbose)
     finally:
         if started:
             import ray
@@ -397,13 +406,64 @@ def run_sweep(
     if _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget):
         frame = _keep(frame, space, run_dir)
     status = _report(
-        frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials, trials_budget=tuner_budget
+        frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials, trials_budget=tuner_budget,
+        bag_dir=bag_dir,
     )
     _publish(space, run_dir, report=report)
     if cfg.time_budget_s:
         total = time.perf_counter() - t_begin
         print(f"[medsweep] used {total:.0f}s of the {cfg.time_budget_s:.0f}s budget ({total / cfg.time_budget_s:.0%})")
     return status
+
+
+def _bagging_wanted(space: Space, dataset: Any) -> bool:
+    """``ensemble.bagging`` for this sweep: as set, or (``auto``) when the validation split is small."""
+    from ensemble import EnsembleSettings
+
+    from ._bag import bagging_wanted
+
+    settings = EnsembleSettings.from_dict(space.ensemble, origin=space.origin)
+    n_val = len(dataset.splits["val"]) if dataset is not None else None
+    return bagging_wanted(settings.bagging, n_val=n_val)
+
+
+def _bagging_step(space: Space, frame: Any, *, run_dir: str, dataset: Any, t_begin: float, deadline_file: Path | None,
+                  verbose: bool) -> Path | None:
+    """Refit the ensemble's members on folds of train+val in the time the search left (``search._bag``);
+    the bagging folder, or None (with the reason printed) when there are no bags to stack."""
+    from ensemble import EnsembleSettings
+
+    from ._bag import assemble_bags, plan_bags, run_bags
+
+    settings = EnsembleSettings.from_dict(space.ensemble, origin=space.origin)
+    budget_s = space.search.time_budget_s
+    left = trial_budget(budget_s, time.perf_counter() - t_begin) if budget_s else None
+    n_train = len(dataset.splits["train"]) if dataset is not None else 0
+    n_val = len(dataset.splits["val"]) if dataset is not None else 0
+    plan = plan_bags(run_dir, folds=settings.bag_folds, seconds_left=left if left is not None else math.inf,
+                     concurrency=concurrency(space), n_train=n_train, n_val=n_val)
+    if isinstance(plan, str):
+        print(f"[medsweep] {plan}; the ensemble stacks on the validation split", flush=True)
+        return None
+    names = ", ".join(f"{tid} ({epochs} epochs)" for tid, _, epochs in plan.members)
+    print(f"[medsweep] bagging: {len(plan.members)} member(s) x {plan.folds} folds of train+val: {names}; "
+          f"~{plan.seconds:.0f}s{' of ' + format(left, '.0f') + 's left' if left is not None else ''}"
+          f"{'; ' + plan.note if plan.note else ''}", flush=True)
+    if deadline_file is not None and left is not None:
+        deadline_file.write_text(f"{time.time() + left:.3f}\n")
+    r = space.search.resources
+    try:
+        results = run_bags(plan, run_dir=run_dir, resources={"cpu": r.cpu, "gpu": r.gpu},
+                           time_budget_s=left, deadline_file=deadline_file, verbose=verbose)
+        bag_dir, notes = assemble_bags(results, plan, run_dir=run_dir, sweep_board=frame, metric=space.search.metric)
+    except ConfigError as exc:
+        print(f"medsweep: warning: bagging failed ({exc.message}); the ensemble stacks on the validation split", file=sys.stderr)
+        return None
+    for note in notes:
+        print(f"[medsweep] bagging: {note}", flush=True)
+    if bag_dir is None:
+        print("[medsweep] bagging: no bag finished; the ensemble stacks on the validation split", flush=True)
+    return bag_dir
 
 
 def size_standalone(space: Space) -> Space:
@@ -415,7 +475,7 @@ def size_standalone(space: Space) -> Space:
     return _size(space, dataset, trial_constants(space), budget_s=space.search.time_budget_s, elapsed_s=0.0)
 
 
-def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s: float | None, elapsed_s: float) -> Space:
+def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s: float | None, elapsed_s: float, share: float = 1.0) -> Space:
     """``epochs: auto`` made concrete: this machine's speed on the space's backbones, the data's size, the budget."""
     from trainables import DataConfig, load_dataset
 
@@ -432,7 +492,7 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
                 field="fixed.epochs",
             ) from None
     # With a trial count and no budget, trials are sized as for the default budget.
-    budget = trial_budget(budget_s if budget_s else DEFAULT_BUDGET_S, elapsed_s) or DEFAULT_BUDGET_S
+    budget = trial_budget(budget_s if budget_s else DEFAULT_BUDGET_S, elapsed_s, share=share) or DEFAULT_BUDGET_S
     sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print)
     print(f"[medsweep] {sizing.describe()}", flush=True)
     return space.with_sizing(sizing)
@@ -588,6 +648,7 @@ def _report(
     run_dir: str = "",
     n_trials: int | None = None,
     trials_budget: float | None = None,
+    bag_dir: Path | None = None,
 ) -> int:
     """The end of a sweep for people: a summary line, the top of the leaderboard, the paths, the ensemble; the exit status."""
     from ._leaderboard import format_table
@@ -630,7 +691,7 @@ def _report(
         print("medsweep: no trial finished; see the error column of the leaderboard", file=sys.stderr)
         return 1
     if ensemble and "://" not in run_dir:
-        return _ensemble_step(run_dir)
+        return _ensemble_step(run_dir, bag_dir=bag_dir)
     return 0
 
 
@@ -644,15 +705,27 @@ def _early_end(space: Space, frame: Any, *, seconds: float, trials_budget: float
     return f"ended early: every trial ended and the sampler proposed no new one ({used}); widen the space for more trials"
 
 
-def _ensemble_step(run_dir: str) -> int:
+def _ensemble_step(run_dir: str, *, bag_dir: Path | None = None) -> int:
     """Stack the sweep's best trials into ``<run_dir>/ensemble``; the leaderboard is written already, so a
-    failure here prints one line and sets the exit status, and the sweep's results stay."""
+    failure here prints one line and sets the exit status, and the sweep's results stay.
+
+    With bags (``bag_dir``) the ensemble stacks them on their out-of-fold predictions; should that fail,
+    it stacks the trials on the validation split as without bagging.
+    """
     from trainables.cli import cli_error_line
 
     print(flush=True)
     try:
         from ensemble.build import build_ensemble
 
+        if bag_dir is not None:
+            try:
+                print(f"ensemble: stacking the bags on their out-of-fold predictions of train+val ({bag_dir})")
+                build_ensemble(bag_dir, out=Path(run_dir) / "ensemble")
+                return 0
+            except ConfigError as exc:
+                print(f"medsweep: warning: ensemble of the bags failed ({exc.message}); stacking the trials on validation instead",
+                      file=sys.stderr)
         build_ensemble(run_dir)
     except ConfigError as exc:
         line = cli_error_line(exc, run_dir).replace("medsweep: error: ", "medsweep: error: ensemble step: ", 1)

@@ -6,7 +6,7 @@ from ._augment import AUGMENT_LEVELS, augment_batch, build_augment, mix_batch, p
 from ._cache import DataConfig, Dataset, load_dataset, open_cached
 from ._errors import ConfigError, check_keys, did_you_mean
 from ._groups import pool_by_group
-from ._heads import HEADS, Classifier, build_classifier, create_head
+from ._heads import HEADS, Classifier, FoldAverage, build_classifier, build_member, create_head
 from ._losses import LOSSES, create_loss, list_losses, register_loss
 from ._metrics import METRICS, compute_metrics, metric_mode
 from ._model import check_backbone, create_model
@@ -40,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "Dataset",
+    "FoldAverage",
     "DicomSource",
     "FolderSource",
     "HEADS",
@@ -58,6 +59,7 @@ __all__ = [
     "augment_batch",
     "build_augment",
     "build_classifier",
+    "build_member",
     "check_backbone",
     "check_keys",
     "compute_metrics",

@@ -126,6 +126,43 @@ class Dataset:
         return self.task == "multi-label"
 
 
+def fold_dataset(ds: Dataset, *, n_folds: int, fold: int, seed: int = 0) -> Dataset:
+    """``ds`` with train and val merged and cut into ``n_folds`` folds: fold ``fold`` is the new val split.
+
+    The folds are grouped by patient and stratified (``fold_of``) and depend on the data and ``seed``
+    only, so every configuration refitted on them shares them and their held-out predictions line up.
+    The test split stays as it is. The merged images are read into memory (meant for small sets).
+
+    Example:
+        >>> f = fold_dataset(ds, n_folds=5, fold=0)
+        >>> len(f.splits["train"]) + len(f.splits["val"]) == len(ds.splits["train"]) + len(ds.splits["val"])
+        True
+    """
+    from types import SimpleNamespace
+
+    from ._groups import fold_of
+
+    tr, va = ds.splits["train"], ds.splits["val"]
+    labels = np.concatenate([np.asarray(tr.labels), np.asarray(va.labels)])
+    groups = list(tr.groups) + list(va.groups) if tr.groups is not None and va.groups is not None else None
+    where = fold_of(labels, groups, n_folds=n_folds, seed=seed, multilabel=ds.multilabel)
+    images = np.concatenate([np.asarray(tr.images), np.asarray(va.images)])
+    ids = list(tr.ids) + list(va.ids)
+
+    def part(mask: np.ndarray) -> Split:
+        rows = np.flatnonzero(mask)
+        return Split(images=images[rows], labels=labels[rows], ids=[ids[i] for i in rows],
+                     groups=[groups[i] for i in rows] if groups is not None else None)
+
+    splits = {"train": part(where != fold), "val": part(where == fold), "test": ds.splits["test"]}
+    index = SimpleNamespace(task=ds.task, class_names=ds.class_names)
+    counts = {**ds.class_counts, **{s: _class_counts(splits[s].labels, index) for s in ("train", "val")}}
+    return dataclasses.replace(
+        ds, splits=splits, class_counts=counts, class_weights=_class_weights(splits["train"].labels, index),
+        grouping={**ds.grouping, "cv": {"folds": n_folds, "fold": fold, "seed": seed}},
+    )
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDSWEEP_CACHE", "~/.cache/medsweep")).expanduser()
 

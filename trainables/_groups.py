@@ -94,6 +94,43 @@ def grouped_split(
     return parts
 
 
+def fold_of(
+    labels: np.ndarray, groups: Sequence[str] | None, *, n_folds: int, seed: int = 0, multilabel: bool = False
+) -> np.ndarray:
+    """The fold (``0 .. n_folds-1``) of each row: every patient in one fold, stratified by class when possible.
+
+    Args:
+        labels: (N,) classes, or (N, L) multi-label rows (then grouped, not stratified).
+        groups: (N,) the patient of each row; ``None``: each row its own.
+        n_folds: folds; fewer patients than folds is an error.
+        seed: the shuffle; the same seed gives the same folds, whatever config trains on them.
+
+    Example:
+        >>> fold_of(np.array([0, 0, 1, 1, 0, 1]), None, n_folds=3).tolist()
+        [0, 2, 1, 2, 1, 0]
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    n = len(labels)
+    g = np.asarray([str(v) for v in groups]) if groups is not None else np.arange(n).astype(str)
+    if len(np.unique(g)) < n_folds:
+        raise ConfigError(f"{len(np.unique(g))} patient(s) are too few for {n_folds} folds; lower cv_folds", field="cv_folds")
+    out = np.full(n, -1, dtype=np.int64)
+    idx = np.arange(n)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*least populated class.*")
+        try:
+            if multilabel:
+                raise ValueError("multi-label rows: grouped folds")
+            splits = StratifiedGroupKFold(n_folds, shuffle=True, random_state=seed).split(idx, labels, g)
+            for k, (_, held) in enumerate(splits):
+                out[held] = k
+        except ValueError:  # a class with fewer patients than folds, or multi-label: grouped only
+            for k, (_, held) in enumerate(GroupKFold(n_folds, shuffle=True, random_state=seed).split(idx, groups=g)):
+                out[held] = k
+    return out
+
+
 def _group_split(idx: np.ndarray, inverse: np.ndarray, strat: np.ndarray, fraction: float, seed: int, *, min_held: int):
     """Split ``idx`` into (kept, held) with ~``fraction`` of its groups held out, stratified when possible."""
     from sklearn.model_selection import GroupShuffleSplit, StratifiedGroupKFold

@@ -9,7 +9,7 @@ refuse token backbones.
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -18,8 +18,8 @@ from ._errors import ConfigError
 from ._registry import Interval, Registry, check_option
 
 __all__ = [
-    "HEAD", "HEADS", "AttentionHead", "Classifier", "LinearHead", "build_classifier", "create_head", "list_heads",
-    "register_head",
+    "HEAD", "HEADS", "AttentionHead", "Classifier", "FoldAverage", "LinearHead", "build_classifier", "build_member",
+    "create_head", "list_heads", "register_head",
 ]
 
 
@@ -165,6 +165,40 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+
+class FoldAverage(nn.Module):
+    """One configuration refitted on k folds (a bag): the mean of its ``folds`` models' logits.
+
+    The mean of the logits is what the ensemble step stacked (the fold models' probabilities averaged
+    in log space), and it keeps one logit output, so the bundle, ONNX and Grad-CAM treat a bag as one model.
+    """
+
+    def __init__(self, models: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.folds = nn.ModuleList(models)
+
+    @property
+    def backbone(self) -> nn.Module:
+        # Grad-CAM's layer search looks in ``backbone``: the first fold model's stands for the bag.
+        return self.folds[0].backbone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.folds]).mean(0)
+
+
+def build_member(spec: Any) -> nn.Module:
+    """The untrained model a ``MemberSpec`` describes: a ``Classifier``, or a ``FoldAverage`` of ``spec.folds`` of them.
+
+    Example:
+        >>> model = build_member(MemberSpec.from_model_json(read_model_json("runs/cxr/trial/checkpoint")))
+        >>> model.load_state_dict(load_file("runs/cxr/trial/checkpoint/best.safetensors"))
+    """
+
+    def one() -> Classifier:
+        return build_classifier(spec.backbone, head=spec.head, num_classes=spec.num_classes, in_chans=spec.channels, pretrained=False)
+
+    return one() if spec.folds <= 1 else FoldAverage([one() for _ in range(spec.folds)])
 
 
 def _feature_shape(backbone: str, in_chans: int) -> tuple[int, tuple[int, ...], str]:

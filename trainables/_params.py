@@ -47,6 +47,12 @@ class TrainParams:
             (the validation split's) or ``none`` (as trained).
         ema: evaluate and keep an exponential moving average of the weights (timm's ``ModelEmaV3``).
         ema_decay: the average's decay per optimizer step (with timm's warm-up for short runs).
+        cv_folds: ``0`` trains on the train split and validates on val; ``k >= 2`` merges the two, cuts
+            them into ``k`` folds (grouped by patient, stratified, the same folds for every config) and
+            holds fold ``cv_fold`` out. The held-out fold's predictions are then the last epoch's (no
+            epoch is chosen on them), so the folds' predictions together are out-of-fold predictions
+            of train+val (the ensemble step's bagging).
+        cv_fold: the fold held out, ``0 <= cv_fold < cv_folds``.
         options: options that registered losses declare beyond these fields, as ``<loss>_<option>``
             (CONTRIBUTING.md's ``poly1_epsilon``); a space file gives them as top-level keys.
     """
@@ -71,6 +77,8 @@ class TrainParams:
     prior_correction: str = "train"
     ema: bool = False
     ema_decay: float = 0.999
+    cv_folds: int = 0
+    cv_fold: int = 0
     # losses
     loss: str = "auto"
     label_smoothing: float = 0.0
@@ -176,6 +184,8 @@ class TrainParams:
         bound("eval_batch_size", self.eval_batch_size >= 1, "an integer >= 1")
         bound("epoch_samples", self.epoch_samples is None or self.epoch_samples >= 2, "an integer >= 2 or null (one pass)")
         bound("ema_decay", 0 < self.ema_decay < 1, "in (0, 1), e.g. 0.999")
+        bound("cv_folds", self.cv_folds == 0 or self.cv_folds >= 2, "0 (the train/val split) or an integer >= 2")
+        bound("cv_fold", 0 <= self.cv_fold < max(1, self.cv_folds), f"in [0, cv_folds) = [0, {max(1, self.cv_folds)})")
         bound("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda")
         bound("accum_steps", self.accum_steps >= 1, "an integer >= 1")
         bound("clip_grad_norm", self.clip_grad_norm is None or self.clip_grad_norm > 0, "> 0 or null")

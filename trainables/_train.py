@@ -15,7 +15,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ._cache import DataConfig, Dataset, load_dataset
+from ._cache import DataConfig, Dataset, fold_dataset, load_dataset
 from ._errors import ConfigError
 from ._groups import pooled_metrics
 from ._metrics import compute_metrics
@@ -112,6 +112,8 @@ class _Run:
         self.amp_dtype = torch.bfloat16 if self.amp and torch.cuda.is_bf16_supported() else torch.float16
         preprocess = {"clahe": p.clahe, "border_crop": p.border_crop}
         self.ds: Dataset = load_dataset(data, image_size=p.image_size, preprocess=preprocess, verbose=not tune)
+        if p.cv_folds:
+            self.ds = fold_dataset(self.ds, n_folds=p.cv_folds, fold=p.cv_fold)
         torch.manual_seed(p.seed)
         self.model = build_classifier(
             p.backbone,
@@ -416,7 +418,9 @@ class _Run:
             if not isinstance(score, float) or math.isnan(score):
                 score = -val_loss  # e.g. a validation split with one class: fall back to the loss
             self.sched.step(epoch + 1, score)
-            if score > self.best:
+            # A refit on folds keeps its last epoch: choosing one on the held-out fold would flatter the
+            # out-of-fold predictions the ensemble stacks on.
+            if (score > self.best) if not self.p.cv_folds else (epoch + 1 == self.p.epochs):
                 self.best, self.best_epoch = score, epoch + 1
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
                 # Written at every improvement, so a trial that a scheduler stops early still leaves its predictions.
@@ -424,7 +428,8 @@ class _Run:
                 since_best = 0
             else:
                 since_best += 1
-            row["best_score"] = self.best
+            # (A refit on folds has no best until its last epoch: it reports the epoch's own score.)
+            row["best_score"] = self.best if math.isfinite(self.best) else score
             row["best_epoch"] = self.best_epoch
             row["epoch_seconds"] = time.perf_counter() - t0
             took.append(row["epoch_seconds"])

@@ -110,6 +110,8 @@ class MemberSpec:
     class_names: tuple[str, ...] | None = None
     # Added to the logits before softmax/sigmoid wherever the weights are used (a balanced sampler's prior correction).
     logit_bias: tuple[float, ...] | None = None
+    # A bag (the ensemble step's refit on k folds): ``folds`` models of this architecture whose logits are averaged.
+    folds: int = 1
 
     def __post_init__(self) -> None:
         # A mapping field of a frozen class: stored as a plain dict of exactly the known steps.
@@ -118,6 +120,8 @@ class MemberSpec:
             raise ValueError(f"mean and std must hold {self.channels} numbers (one per channel), got {list(self.mean)} and {list(self.std)}")
         if self.logit_bias is not None and (len(self.logit_bias) != self.num_classes or not np.isfinite(self.logit_bias).all()):
             raise ValueError(f"logit_bias must hold {self.num_classes} finite numbers (one per class), got {list(self.logit_bias)}")
+        if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
+            raise ValueError(f"folds must be an integer >= 1, got {self.folds!r}")
 
     @property
     def preprocess(self) -> dict[str, bool]:
@@ -148,6 +152,7 @@ class MemberSpec:
                 task=str(info["task"]) if info.get("task") is not None else None,
                 class_names=tuple(str(c) for c in info["class_names"]) if info.get("class_names") is not None else None,
                 logit_bias=_floats(info.get("logit_bias")),
+                folds=int(info.get("folds") or 1),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lacks or mistypes {exc}; rerun the trial", origin=origin) from None
@@ -167,6 +172,7 @@ class MemberSpec:
             "std": list(self.std),
             "head": self.head,
             "logit_bias": list(self.logit_bias) if self.logit_bias is not None else None,
+            **({"folds": self.folds} if self.folds > 1 else {}),
         }
 
     # -------------------------------------------------------- a bundle's manifest
@@ -186,6 +192,7 @@ class MemberSpec:
             task=task,
             class_names=tuple(str(c) for c in class_names) if class_names is not None else None,
             logit_bias=_floats(entry.get("logit_bias")),
+            folds=int(entry.get("folds") or 1),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -200,6 +207,7 @@ class MemberSpec:
             "std": list(self.std),
             "preprocessing": dict(self.preprocessing),
             "logit_bias": list(self.logit_bias) if self.logit_bias is not None else None,
+            **({"folds": self.folds} if self.folds > 1 else {}),
         }
 
 

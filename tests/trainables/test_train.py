@@ -186,3 +186,32 @@ def test_real_pneumoniamnist_two_epochs(tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(val["label"], val["prob_pneumonia"]) == pytest.approx(last["best_score"], abs=1e-4)
+
+
+def test_fold_refits_cover_train_and_val_once_with_last_epoch_predictions(tiny_data, tmp_path):
+    """cv_folds: each fold's held-out predictions are the last epoch's; together they cover train+val once."""
+    from trainables import DataConfig, load_dataset
+
+    ds = load_dataset(DataConfig.from_dict(tiny_data), image_size=32, verbose=False)
+    pool = set(ds.splits["train"].ids) | set(ds.splits["val"].ids)
+    seen: list[str] = []
+    for fold in range(3):
+        out = tmp_path / f"fold{fold}"
+        train({**TINY, "epochs": 2, "cv_folds": 3, "cv_fold": fold, "data": tiny_data, "_out_dir": str(out)})
+        val = pd.read_parquet(out / "predictions_val.parquet")
+        test = pd.read_parquet(out / "predictions_test.parquet")
+        seen += list(val["sample_id"])
+        assert list(test["sample_id"]) == list(ds.splits["test"].ids)
+        import json
+
+        assert json.loads((out / "model.json").read_text())["best_epoch"] == 2  # the last, not the best
+    assert sorted(seen) == sorted(pool) and len(seen) == len(pool)
+
+
+@pytest.mark.parametrize("folds, fold, match", [(1, 0, "cv_folds"), (3, 3, "cv_fold"), (3, -1, "cv_fold")])
+def test_bad_fold_settings_fail_with_one_line(tiny_data, tmp_path, folds, fold, match):
+    from trainables import ConfigError
+
+    with pytest.raises(ConfigError, match=match) as info:
+        train({**TINY, "epochs": 1, "cv_folds": folds, "cv_fold": fold, "data": tiny_data, "_out_dir": str(tmp_path)})
+    assert "\n" not in str(info.value)
