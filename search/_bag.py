@@ -64,8 +64,10 @@ def bagging_wanted(setting: str | bool, *, n_val: int | None) -> bool:
 def plan_bags(run_dir: str | Path, *, folds: int, seconds_left: float, concurrency: int, n_train: int, n_val: int) -> BagPlan | str:
     """The bags that fit ``seconds_left``: the ensemble step's members, in its order; or why there are none.
 
-    A bag costs ``folds`` trials of the member's best epoch count on ``(folds-1)/folds`` of train+val,
-    at the seconds per epoch its own trial measured.
+    A fold trial trains as many epochs as the member's own trial did, on ``(k-1)/k`` of train+val, at
+    the seconds per epoch that trial measured. The folds of the first bag run side by side on the
+    sweep's slots; when ``folds`` of them do not fit the time left, fewer do (down to 3; every bag has
+    the same folds, so they are chosen once). Later bags join while their share of the slots fits.
     """
     import warnings
 
@@ -78,35 +80,44 @@ def plan_bags(run_dir: str | Path, *, folds: int, seconds_left: float, concurren
             selection = select_members(run_dir)
     except ConfigError as exc:
         return f"no members to bag ({exc.message})"
-    share = (folds - 1) / folds * (n_train + n_val) / max(1, n_train)
-    chosen, total, left_out = [], 0.0, []
+    slots = max(1, concurrency)
+    candidates, left_out = [], []
     for m in selection.members:
         trial_dir = m.folder if (m.folder / "params.json").is_file() else m.folder.parent
         params_file = trial_dir / "params.json"
-        if not params_file.is_file():
-            left_out.append(f"{m.trial_id} (no params.json)")
+        ran, per_epoch = _trial_epochs(trial_dir)
+        if not params_file.is_file() or per_epoch is None:
+            left_out.append(f"{m.trial_id} (no params.json or epoch times)")
             continue
         config = json.loads(params_file.read_text())
         # As long as the trial itself trained (to the end, or to where ASHA stopped it): its best epoch
         # alone is often a noisy early peak on a small validation split.
-        ran, per_epoch = _trial_epochs(trial_dir)
-        epochs = ran or int(config.get("epochs") or 1)
-        if per_epoch is None:
-            left_out.append(f"{m.trial_id} (no epoch times)")
+        epochs = max(1, ran or int(config.get("epochs") or 1))
+        candidates.append((m.trial_id, config, epochs, epochs * per_epoch))
+    if not candidates:
+        return "bagging skipped: " + ("; ".join(left_out) or "no members")
+
+    def fold_seconds(k: int, epoch_cost: float) -> float:
+        return epoch_cost * (k - 1) / k * (n_train + n_val) / max(1, n_train)
+
+    first = candidates[0]
+    k = next((k for k in range(folds, min(folds, 3) - 1, -1) if math.ceil(k / slots) * fold_seconds(k, first[3]) <= seconds_left), None)
+    if k is None:
+        need = math.ceil(folds / slots) * fold_seconds(folds, first[3])
+        return f"bagging skipped: one bag of {folds} folds takes ~{need:.0f}s, {seconds_left:.0f}s are left"
+    chosen = [first[:3]]
+    total = math.ceil(k / slots) * fold_seconds(k, first[3])
+    for tid, config, epochs, cost in candidates[1:]:
+        more = k * fold_seconds(k, cost) / slots
+        if total + more > seconds_left:
+            left_out.append(f"{tid} (~{more:.0f}s more than the {seconds_left - total:.0f}s left)")
             continue
-        # The folds of a bag run side by side on the sweep's slots.
-        cost = math.ceil(folds / max(1, concurrency)) * epochs * per_epoch * share
-        if chosen and total + cost > seconds_left:
-            left_out.append(f"{m.trial_id} (~{cost:.0f}s more than the {seconds_left - total:.0f}s left)")
-            continue
-        if not chosen and cost > seconds_left:
-            return f"bagging skipped: one bag of {folds} folds takes ~{cost:.0f}s, {seconds_left:.0f}s are left"
-        chosen.append((m.trial_id, config, max(1, epochs)))
-        total += cost
-    if not chosen:
-        return "bagging skipped: " + "; ".join(left_out)
-    note = f"left out {', '.join(left_out)}" if left_out else ""
-    return BagPlan(members=tuple(chosen), folds=folds, seconds=total, note=note)
+        chosen.append((tid, config, epochs))
+        total += more
+    notes = [f"{k} folds, not {folds}, fit the time left"] if k < folds else []
+    if left_out:
+        notes.append(f"left out {', '.join(left_out)}")
+    return BagPlan(members=tuple(chosen), folds=k, seconds=total, note="; ".join(notes))
 
 
 def _trial_epochs(trial_dir: Path) -> tuple[int, float | None]:
