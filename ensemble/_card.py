@@ -325,6 +325,11 @@ def model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
           f"({comb.get('cv_metric')}); best single member: `{manifest.get('best_single')}`."]
     if weights:
         L.append("Member weights: " + ", ".join(f"`{m.get('trial_id')}` {_f(w, 3)}" for m, w in zip(members, weights)) + ".")
+    folds = sorted({int(m.get("folds") or 1) for m in members})
+    if folds != [1]:
+        L.append(f"Bagged members: each is {' or '.join(map(str, folds))} models of one configuration, refitted on folds of "
+                 "train+val (grouped by patient) and averaged; the \"validation\" predictions above are their out-of-fold "
+                 "predictions of train+val, so every member has seen the validation images in training, never those of the test split.")
     L.append(f"Sweep: {sweep.get('top_k')} of {sweep.get('available')} usable trials, ranked by {val_metric} ({sweep.get('mode')}).")
 
     L += ["", "## Test metrics", "", "The test split only reports: members were chosen on validation and the combiner by CV on validation. "

@@ -206,7 +206,7 @@ def assemble_bags(results: Any, plan: BagPlan, *, run_dir: str | Path, sweep_boa
     import pandas as pd
     from safetensors.torch import load_file, save_file
 
-    from trainables import compute_metrics
+    from trainables import compute_metrics, drop_resume_state
     from trainables.artifacts import (
         BEST_WEIGHTS,
         SPACE_FILE,
@@ -265,9 +265,14 @@ def assemble_bags(results: Any, plan: BagPlan, *, run_dir: str | Path, sweep_boa
             "best_epoch": epochs,
             # Each fold model's offset is added to its own logits; the bag averages logits, so it adds the mean.
             "logit_bias": None if any(b is None for b in biases) else [float(v) for v in np.mean(np.asarray(biases, float), axis=0)],
+            # Their predictions and model.json (the weights are in this folder's file).
             "bag": {"trial_id": tid, "folds": plan.folds, "fold_checkpoints": [str(folds[i]) for i in range(plan.folds)]},
         }
         write_model_json(out, info)
+        # The bag's file holds the fold models' weights now; their checkpoints keep model.json and predictions.
+        for i in range(plan.folds):
+            drop_resume_state(folds[i])
+            (folds[i] / BEST_WEIGHTS).unlink(missing_ok=True)
         labels = oof["label"].to_numpy() if task != "multi-label" else oof[[f"label_{c}" for c in class_names]].to_numpy()
         score = compute_metrics(oof[prob_cols].to_numpy(np.float64), labels, task=task, class_names=class_names).get(metric, math.nan)
         row: dict[str, Any] = {

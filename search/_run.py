@@ -720,7 +720,8 @@ def _ensemble_step(run_dir: str, *, bag_dir: Path | None = None) -> int:
 
         if bag_dir is not None:
             try:
-                print(f"ensemble: stacking the bags on their out-of-fold predictions of train+val ({bag_dir})")
+                print(f"ensemble: stacking the bags on their out-of-fold predictions of train+val (rebuild with "
+                      f"python -m ensemble.build {bag_dir} --out {Path(run_dir) / 'ensemble'})")
                 build_ensemble(bag_dir, out=Path(run_dir) / "ensemble")
                 return 0
             except ConfigError as exc:

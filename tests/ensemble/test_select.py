@@ -160,6 +160,9 @@ def test_a_folder_without_leaderboard_is_not_a_sweep(tmp_path):
         ({"metric": "auc"}, r"Unknown metric 'auc'.*valid: auroc, log_loss, accuracy"),
         ({"threshold": "best"}, r"ensemble\.threshold: Unknown threshold 'best'; valid: youden, argmax"),
         ({"weights_dtype": "fp16"}, r"ensemble\.weights_dtype: Unknown weights_dtype 'fp16'.*valid: float32, float16"),
+        ({"bagging": "yes"}, r"ensemble\.bagging: must be auto, true or false, got 'yes'"),
+        ({"bagging": 1}, r"ensemble\.bagging: must be auto, true or false, got 1"),
+        ({"bag_folds": 1}, r"ensemble\.bag_folds: must be an integer >= 2, got 1"),
     ],
 )
 def test_the_ensemble_section_is_checked(raw, match):
