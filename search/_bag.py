@@ -35,6 +35,9 @@ BAG_MAX_VAL = 400
 # The share of the trials' time a sweep that will bag keeps back for the bags.
 BAG_SHARE = 0.4
 _MEMBER_KEY = "_bag_member"
+# Fold trials run slower than their estimate (the last fold of a round waits for a slot, trials share a
+# machine): the plan keeps this factor of headroom, so a bag's last fold does not hit the deadline.
+_MARGIN = 1.25
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,18 @@ def bagging_wanted(setting: str | bool, *, n_val: int | None) -> bool:
     if setting == "auto":
         return n_val is not None and 0 < n_val < BAG_MAX_VAL
     return bool(setting)
+
+
+def full_trials_for_bagging(*, concurrency: int, n_train: int, n_val: int, folds: int) -> int:
+    """How many full-length trials to size the search's share for, so that a bag of a full-length
+    trial (at least ``min(folds, 4)`` folds, with a margin for slower trials than the probe's) fits
+    the bags' share (``BAG_SHARE``) of the trials' time."""
+    from ._budget import FULL_TRIALS
+
+    slots = max(1, concurrency)
+    k = min(folds, 4)
+    bag_per_trial = _MARGIN * math.ceil(k / slots) * (k - 1) / k * (n_train + n_val) / max(1, n_train)
+    return max(FULL_TRIALS, math.ceil(slots * bag_per_trial * (1 - BAG_SHARE) / BAG_SHARE))
 
 
 def plan_bags(run_dir: str | Path, *, folds: int, seconds_left: float, concurrency: int, n_train: int, n_val: int) -> BagPlan | str:
@@ -100,6 +115,7 @@ def plan_bags(run_dir: str | Path, *, folds: int, seconds_left: float, concurren
     def fold_seconds(k: int, epoch_cost: float) -> float:
         return epoch_cost * (k - 1) / k * (n_train + n_val) / max(1, n_train)
 
+    seconds_left = seconds_left / _MARGIN
     first = candidates[0]
     k = next((k for k in range(folds, min(folds, 3) - 1, -1) if math.ceil(k / slots) * fold_seconds(k, first[3]) <= seconds_left), None)
     if k is None:

@@ -199,7 +199,7 @@ def parse_duration(text: Any, *, field: str = "--budget") -> float:
     return seconds
 
 
-def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, echo: Any = None) -> Sizing:
+def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, echo: Any = None, full_trials: int = FULL_TRIALS) -> Sizing:
     """Measure this machine on the space's backbones and size its trials for ``dataset`` and ``budget_s``.
 
     Args:
@@ -208,6 +208,7 @@ def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, e
         budget_s: seconds the trials share.
         concurrency: trials at once.
         echo: ``print`` for a line per measured backbone; ``None`` for silence.
+        full_trials: full-length trials the budget is sized for (more when the sweep bags: see ``search._bag``).
     """
     import torch
 
@@ -246,4 +247,5 @@ def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, e
         budget_s=budget_s,
         concurrency=concurrency,
         reduction_factor=float(space.search.scheduler.reduction_factor or 3),
+        full_trials=full_trials,
     )

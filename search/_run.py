@@ -479,7 +479,7 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
     """``epochs: auto`` made concrete: this machine's speed on the space's backbones, the data's size, the budget."""
     from trainables import DataConfig, load_dataset
 
-    from ._budget import DEFAULT_BUDGET_S, size_space
+    from ._budget import DEFAULT_BUDGET_S, FULL_TRIALS, size_space
 
     if dataset is None:  # a cluster run: the driver reads the data once to know its size
         try:
@@ -493,7 +493,16 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
             ) from None
     # With a trial count and no budget, trials are sized as for the default budget.
     budget = trial_budget(budget_s if budget_s else DEFAULT_BUDGET_S, elapsed_s, share=share) or DEFAULT_BUDGET_S
-    sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print)
+    full_trials = FULL_TRIALS
+    if share < 1.0:  # a sweep that bags: trials short enough that a bag of a full-length one fits the bags' share
+        from ensemble import EnsembleSettings
+
+        from ._bag import full_trials_for_bagging
+
+        folds = EnsembleSettings.from_dict(space.ensemble, origin=space.origin).bag_folds
+        full_trials = full_trials_for_bagging(concurrency=concurrency(space), n_train=len(dataset.splits["train"]),
+                                              n_val=len(dataset.splits["val"]), folds=folds)
+    sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print, full_trials=full_trials)
     print(f"[medsweep] {sizing.describe()}", flush=True)
     return space.with_sizing(sizing)
 

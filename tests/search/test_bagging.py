@@ -75,9 +75,11 @@ def _fake_trial(folder, *, epochs: int, seconds: float):
 
 
 @pytest.mark.parametrize("seconds_left, folds, members", [
+    # One fold trial of k folds: 40 epochs x 3 s x (k-1)/k x 600/500; the plan keeps a 1.25 margin.
     (10_000, 5, 3),   # everything fits
-    (400, 5, 1),      # the first bag of 5 folds (3 rounds on 2 slots of 120 s) fits, a second does not
-    (300, 4, 1),      # 5 folds do not fit, 4 (2 rounds) do
+    (450, 5, 1),      # the first bag of 5 folds (3 rounds on 2 slots of 115 s, 346 s) fits, a second does not
+    (300, 4, 1),      # 5 folds do not fit, 4 (2 rounds of 108 s) do
+    (250, 3, 1),      # 3 folds (2 rounds of 96 s)
     (100, None, 0),   # not even 3 folds: no bagging, and the reason
 ])
 def test_the_plan_fits_the_time_left(tmp_path, monkeypatch, seconds_left, folds, members):
@@ -89,11 +91,23 @@ def test_the_plan_fits_the_time_left(tmp_path, monkeypatch, seconds_left, folds,
             self.trial_id, self.folder = tid, _fake_trial(tmp_path / tid, epochs=40, seconds=3.0)
 
     monkeypatch.setattr(ensemble, "select_members", lambda run_dir: type("S", (), {"members": [Member(t) for t in "abc"]})())
-    # One fold trial: 40 epochs x 3 s on (k-1)/k of train+val (train 500, val 100).
     plan = plan_bags(tmp_path, folds=5, seconds_left=seconds_left, concurrency=2, n_train=500, n_val=100)
     if folds is None:
         assert isinstance(plan, str) and "bagging skipped" in plan
         return
     assert isinstance(plan, BagPlan) and plan.folds == folds and len(plan.members) == members
     assert [m[0] for m in plan.members] == list("abc")[:members] and all(m[2] == 40 for m in plan.members)
-    assert plan.seconds <= seconds_left
+    assert plan.seconds * 1.25 <= seconds_left
+
+
+def test_a_sweep_that_bags_sizes_its_trials_so_that_a_bag_fits():
+    from search._bag import BAG_SHARE, full_trials_for_bagging
+    from search._budget import FULL_TRIALS
+
+    for slots in (1, 2, 4):
+        n = full_trials_for_bagging(concurrency=slots, n_train=500, n_val=67, folds=5)
+        assert n > FULL_TRIALS
+        # A full-length trial then takes search_time * slots / n; a bag of 4 folds of it fits the bags' share.
+        search = 1.0 - BAG_SHARE
+        trial = search * slots / n
+        assert -(-4 // slots) * trial * 0.75 * 567 / 500 * 1.25 <= BAG_SHARE + 1e-9
