@@ -438,7 +438,8 @@ def _bagging_step(space: Space, frame: Any, *, run_dir: str, dataset: Any, t_beg
     settings = EnsembleSettings.from_dict(space.ensemble, origin=space.origin)
     budget_s = space.search.time_budget_s
     left = trial_budget(budget_s, time.perf_counter() - t_begin) if budget_s else None
-    n_train = len(dataset.splits["train"]) if dataset is not None else 0
+    # (A cluster run has no dataset here: the folds' share of train+val is then taken as one pass.)
+    n_train = len(dataset.splits["train"]) if dataset is not None else 1
     n_val = len(dataset.splits["val"]) if dataset is not None else 0
     plan = plan_bags(run_dir, folds=settings.bag_folds, seconds_left=left if left is not None else math.inf,
                      concurrency=concurrency(space), n_train=n_train, n_val=n_val)
