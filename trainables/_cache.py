@@ -138,8 +138,6 @@ def fold_dataset(ds: Dataset, *, n_folds: int, fold: int, seed: int = 0) -> Data
         >>> len(f.splits["train"]) + len(f.splits["val"]) == len(ds.splits["train"]) + len(ds.splits["val"])
         True
     """
-    from types import SimpleNamespace
-
     from ._groups import fold_of
 
     tr, va = ds.splits["train"], ds.splits["val"]
@@ -155,10 +153,9 @@ def fold_dataset(ds: Dataset, *, n_folds: int, fold: int, seed: int = 0) -> Data
                      groups=[groups[i] for i in rows] if groups is not None else None)
 
     splits = {"train": part(where != fold), "val": part(where == fold), "test": ds.splits["test"]}
-    index = SimpleNamespace(task=ds.task, class_names=ds.class_names)
-    counts = {**ds.class_counts, **{s: _class_counts(splits[s].labels, index) for s in ("train", "val")}}
+    counts = {**ds.class_counts, **{s: _class_counts(splits[s].labels, ds) for s in ("train", "val")}}
     return dataclasses.replace(
-        ds, splits=splits, class_counts=counts, class_weights=_class_weights(splits["train"].labels, index),
+        ds, splits=splits, class_counts=counts, class_weights=_class_weights(splits["train"].labels, ds),
         grouping={**ds.grouping, "cv": {"folds": n_folds, "fold": fold, "seed": seed}},
     )
 
@@ -380,14 +377,14 @@ def _build(data: DataConfig, size: int, final: Path, *, preprocess: Mapping[str,
         print(format_class_counts(index.class_names, counts, task=index.task, path=final, patients=patients))
 
 
-def _class_counts(labels: np.ndarray, index: SourceIndex) -> list[int]:
+def _class_counts(labels: np.ndarray, index: SourceIndex | Dataset) -> list[int]:
     k = len(index.class_names)
     if index.task == "multi-label":
         return [int(v) for v in (labels == 1).sum(0)]
     return [int(v) for v in np.bincount(labels, minlength=k)]
 
 
-def _class_weights(labels: np.ndarray, index: SourceIndex) -> list[float]:
+def _class_weights(labels: np.ndarray, index: SourceIndex | Dataset) -> list[float]:
     """Balanced weights from the training split: sklearn's ``n / (k * n_c)``; for multi-label, neg/pos per label."""
     if index.task == "multi-label":
         known = labels >= 0
