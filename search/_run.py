@@ -348,7 +348,7 @@ def run_sweep(
     _quiet_logs(verbose)  # ray.init sets its loggers' levels again
     bag_dir = None
     try:
-        trainable = tune.with_resources(train, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+        trainable = tune.with_resources(_resumable(train), {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         budget_s = cfg.time_budget_s
         tuner_budget = trial_budget(budget_s, 0.0, share=share)
         if not resume and space.auto_epochs:
@@ -414,6 +414,40 @@ def run_sweep(
         total = time.perf_counter() - t_begin
         print(f"[medsweep] used {total:.0f}s of the {cfg.time_budget_s:.0f}s budget ({total / cfg.time_budget_s:.0%})")
     return status
+
+
+# Tune's error when a resumed trial's last recorded checkpoint is gone: a driver killed (SIGKILL) after a
+# trial's newer checkpoint replaced it (num_to_keep=1) and before Tune saved the experiment state again.
+LOST_CHECKPOINT = "Could not recover from checkpoint"
+
+
+def _resumable(fn: Any) -> Any:
+    """``fn`` as Tune's function trainable, except that a trial whose recorded checkpoint is gone trains
+    again from epoch 0 instead of erroring; the kill costs that trial's epochs, not the trial.
+
+    (Tune's own ``restart_errored`` cannot do it afterwards: Optuna's searcher has closed the errored
+    trial and fails on its new results.)
+    """
+    from ray.tune.trainable import wrap_function
+
+    base = wrap_function(fn)
+
+    class Resumable(base):  # type: ignore[misc,valid-type]
+        def restore(self, checkpoint_path: Any) -> Any:
+            try:
+                return super().restore(checkpoint_path)
+            except ValueError as exc:
+                if LOST_CHECKPOINT not in str(exc):
+                    raise
+                # Trainable.restore set the counters from the lost checkpoint's metrics before it failed.
+                self._iteration, self._time_total = 0, 0.0
+                self._time_since_restore, self._iterations_since_restore = 0.0, 0
+                print(f"[medsweep] {self.trial_id}: its last checkpoint is gone (the sweep was killed while a "
+                      "newer one replaced it); training from epoch 0", flush=True)
+                return None
+
+    Resumable.__name__ = Resumable.__qualname__ = base.__name__
+    return Resumable
 
 
 def _bagging_wanted(space: Space, dataset: Any) -> bool:

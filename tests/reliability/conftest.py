@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,7 @@ class Stage:
 @dataclass
 class Stopped:
     run_dir: Path
+    argv: list[str]
     ctrl_c: Stage
     sigkill: Stage
     rc_resumed: int
@@ -209,6 +211,8 @@ def stopped(images, tmp_path_factory) -> Stopped:
     argv = sweep_argv(images, out, "--set", f"search.n_trials={N_TRIALS}", "--set", "search.max_concurrent=1",
                       "--set", "ensemble.n_folds=3", "--set", "epochs=60", "--set", "search.scheduler=fifo")
     ctrl_c = stop_after(argv, tmp / "ctrl_c.log", run_dir, n_finished=1, sig=signal.SIGINT)
+    # A copy of the stopped sweep for the lost-checkpoint test (test_interrupt.py), which damages its copy.
+    shutil.copytree(run_dir, tmp / "lost" / "smoke")
     sigkill = stop_after(argv + ["--resume"], tmp / "sigkill.log", run_dir, n_finished=2, sig=signal.SIGKILL)
     resumed = subprocess.run(argv + ["--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=400)
-    return Stopped(run_dir, ctrl_c, sigkill, resumed.returncode, resumed.stdout + resumed.stderr)
+    return Stopped(run_dir, argv, ctrl_c, sigkill, resumed.returncode, resumed.stdout + resumed.stderr)
