@@ -60,10 +60,7 @@ def test_no_finished_trial_runs_again(stopped):
     after_ctrl_c = [ln for ln in stopped.sigkill.output.splitlines() if ln.startswith("[medsweep] trial ")]
     assert not any(tid in ln for ln in after_ctrl_c for tid in stopped.ctrl_c.finished), after_ctrl_c
     last = [ln for ln in stopped.resumed_out.splitlines() if ln.startswith("[medsweep] trial ")]
-    # (A trial whose recorded checkpoint the SIGKILL lost ends twice: errored, then trained again.)
-    board = pd.read_parquet(stopped.run_dir / "leaderboard.parquet")
-    ended = {t for t in board["trial_id"] if any(t in ln for ln in last)}
-    assert len(ended) == N_TRIALS - len(stopped.sigkill.finished), last
+    assert len(last) == N_TRIALS - len(stopped.sigkill.finished), last
     assert not any(tid in ln for ln in last for tid in stopped.sigkill.finished), last
 
 
@@ -118,7 +115,6 @@ def test_an_export_killed_midway_leaves_the_previous_bundle_intact(stopped, tmp_
     assert not tmp_dirs() and not list(stopped.run_dir.glob(".ensemble.old-*"))
     verify_bundle(bundle)
     assert json.loads((bundle / "manifest.json").read_text())["members"]
-
 
 
 def test_a_trial_whose_recorded_checkpoint_is_gone_trains_again_from_epoch_0(stopped):
