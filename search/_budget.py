@@ -3,9 +3,12 @@ and ``search.time_budget_s``; ASHA's rungs follow in the same unit.
 
 A trial's length is fixed so that about ``FULL_TRIALS`` trials of full length fit the budget on the
 sweep's concurrent slots; ASHA stops most trials long before that, so the budget starts several times as
-many. A small data set gets many epochs (capped at ``MAX_EPOCHS``); a large one whose full pass does not
-fit gets ``MIN_ROUNDS`` sub-epochs of ``epoch_samples`` draws each, so every trial still reports often
-enough to be pruned and still leaves predictions when the budget ends it.
+many. A small data set gets many epochs (capped at ``MAX_EPOCHS``). A large one, whose full pass does not
+fit ``MIN_ROUNDS`` times into such a trial, is sized for fewer, longer trials (down to
+``MIN_FULL_TRIALS``): there the training length, not the search, is what the budget is short of. When
+even that leaves fewer than ``MIN_ROUNDS`` passes, it gets ``MIN_ROUNDS`` sub-epochs of
+``epoch_samples`` draws each, so every trial still reports often enough to be pruned and still leaves
+predictions when the budget ends it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ DEFAULT_BUDGET_S = 900.0
 # Full-length trials the budget is sized for; with ASHA (reduction 3) a started trial costs about a
 # quarter of a full one, so the budget starts about 4x as many.
 FULL_TRIALS = 5
+# The fewest full-length trials a large data set's budget is sized for: ASHA still has a top rung that
+# more than the sweep's slots reach, and the ensemble more than one finished member to choose from.
+MIN_FULL_TRIALS = 3
 # MedMNIST's own baselines train 100 epochs; more only spends the budget on fewer, overfitted trials.
 MAX_EPOCHS = 100
 # Reports per trial when a full pass does not fit: ASHA (reduction 3) then has rungs at 1, 3 and 9.
@@ -52,6 +58,7 @@ class Sizing:
         concurrency: trials running at once.
         n_train: training images.
         batch_size: the batch size the sizing assumed.
+        full_trials: full-length trials the budget was sized for.
     """
 
     epochs: int
@@ -64,6 +71,7 @@ class Sizing:
     concurrency: int
     n_train: int
     batch_size: int
+    full_trials: int = FULL_TRIALS
 
     @property
     def steps_per_trial(self) -> int:
@@ -80,7 +88,8 @@ class Sizing:
             f"epochs: auto -> {unit}, about {self.steps_per_trial} optimizer steps a trial "
             f"(~{self.epoch_seconds:.1f}s an epoch, ~{self.trial_seconds:.0f}s a full trial); "
             f"ASHA grace {self.grace_period}, max_t {self.epochs}; "
-            f"about {self.expected_trials} trials in {self.budget_s:.0f}s on {self.concurrency} slot(s)"
+            f"about {self.expected_trials} trials ({self.full_trials} of full length) in {self.budget_s:.0f}s "
+            f"on {self.concurrency} slot(s)"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,6 +108,7 @@ def size_trials(
     concurrency: int,
     reduction_factor: float = 3.0,
     full_trials: int = FULL_TRIALS,
+    min_full_trials: int = MIN_FULL_TRIALS,
     max_epochs: int = MAX_EPOCHS,
 ) -> Sizing:
     """Trial length for a data set and a budget.
@@ -114,6 +124,8 @@ def size_trials(
         concurrency: trials at once.
         reduction_factor: ASHA's; sets the grace period so that rungs fall at about max_t / rf^2 and / rf.
         full_trials: full-length trials the budget is sized for.
+        min_full_trials: the fewest it is sized for when a full pass does not fit ``MIN_ROUNDS`` times
+            into a trial (pass ``full_trials`` to keep the count fixed).
         max_epochs: the most epochs a trial gets, however small the data.
 
     Example:
@@ -126,7 +138,11 @@ def size_trials(
     """
     eval_cost = (n_val + 0.5 * n_test) * eval_s + _EPOCH_FIXED_S
     full_epoch = n_train * train_s * _TRAIN_OVERHEAD + eval_cost
-    trial_budget = budget_s * max(1, concurrency) / max(1, full_trials)
+    slot_seconds = budget_s * max(1, concurrency)
+    # As many of the full_trials as each still gets MIN_ROUNDS full passes, but no fewer than min_full_trials.
+    fitting = int(slot_seconds // (MIN_ROUNDS * full_epoch))
+    full_trials = max(1, min(full_trials, max(min_full_trials, fitting)))
+    trial_budget = slot_seconds / full_trials
     raw = trial_budget / full_epoch
     epoch_samples: int | None = None
     if raw >= MIN_ROUNDS:
@@ -157,6 +173,7 @@ def size_trials(
         concurrency=max(1, concurrency),
         n_train=n_train,
         batch_size=batch_size,
+        full_trials=full_trials,
     )
 
 
@@ -199,7 +216,16 @@ def parse_duration(text: Any, *, field: str = "--budget") -> float:
     return seconds
 
 
-def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, echo: Any = None, full_trials: int = FULL_TRIALS) -> Sizing:
+def size_space(
+    space: Any,
+    dataset: Any,
+    *,
+    budget_s: float,
+    concurrency: int,
+    echo: Any = None,
+    full_trials: int = FULL_TRIALS,
+    min_full_trials: int = MIN_FULL_TRIALS,
+) -> Sizing:
     """Measure this machine on the space's backbones and size its trials for ``dataset`` and ``budget_s``.
 
     Args:
@@ -209,6 +235,7 @@ def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, e
         concurrency: trials at once.
         echo: ``print`` for a line per measured backbone; ``None`` for silence.
         full_trials: full-length trials the budget is sized for (more when the sweep bags: see ``search._bag``).
+        min_full_trials: the fewest when the data set is large (see ``size_trials``).
     """
     import torch
 
@@ -248,4 +275,5 @@ def size_space(space: Any, dataset: Any, *, budget_s: float, concurrency: int, e
         concurrency=concurrency,
         reduction_factor=float(space.search.scheduler.reduction_factor or 3),
         full_trials=full_trials,
+        min_full_trials=min_full_trials,
     )

@@ -514,7 +514,7 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
     """``epochs: auto`` made concrete: this machine's speed on the space's backbones, the data's size, the budget."""
     from trainables import DataConfig, load_dataset
 
-    from ._budget import DEFAULT_BUDGET_S, FULL_TRIALS, size_space
+    from ._budget import DEFAULT_BUDGET_S, FULL_TRIALS, MIN_FULL_TRIALS, size_space
 
     if dataset is None:  # a cluster run: the driver reads the data once to know its size
         try:
@@ -528,7 +528,7 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
             ) from None
     # With a trial count and no budget, trials are sized as for the default budget.
     budget = trial_budget(budget_s if budget_s else DEFAULT_BUDGET_S, elapsed_s, share=share) or DEFAULT_BUDGET_S
-    full_trials = FULL_TRIALS
+    full_trials, min_full_trials = FULL_TRIALS, MIN_FULL_TRIALS
     if share < 1.0:  # a sweep that bags: trials short enough that a bag of a full-length one fits the bags' share
         from ensemble import EnsembleSettings
 
@@ -537,7 +537,9 @@ def _size(space: Space, dataset: Any, constants: Mapping[str, Any], *, budget_s:
         folds = EnsembleSettings.from_dict(space.ensemble, origin=space.origin).bag_folds
         full_trials = full_trials_for_bagging(concurrency=concurrency(space), n_train=len(dataset.splits["train"]),
                                               n_val=len(dataset.splits["val"]), folds=folds)
-    sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print, full_trials=full_trials)
+        min_full_trials = full_trials  # fewer, longer trials would not leave their bags the time they need
+    sizing = size_space(space, dataset, budget_s=budget, concurrency=concurrency(space), echo=print,
+                        full_trials=full_trials, min_full_trials=min_full_trials)
     print(f"[medsweep] {sizing.describe()}", flush=True)
     return space.with_sizing(sizing)
 

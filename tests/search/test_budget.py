@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search import load_space
-from search._budget import MIN_ROUNDS, parse_duration, size_trials
+from search._budget import FULL_TRIALS, MIN_FULL_TRIALS, MIN_ROUNDS, parse_duration, size_trials
 from trainables import ConfigError
 
 from .._images import write_class_folders
@@ -33,6 +33,26 @@ def test_epochs_auto_gives_a_small_set_more_epochs_than_a_large_one():
     # A longer budget trains longer (the small set is capped at 100 epochs).
     assert size_trials(n_train=4000, n_val=520, n_test=620, budget_s=3200, concurrency=2, **SPEED).epochs > mid.epochs
     assert size_trials(n_train=100, n_val=20, n_test=20, budget_s=3600, concurrency=2, **SPEED).epochs == 100
+
+
+def test_a_large_set_is_sized_for_fewer_longer_trials():
+    small = size_trials(n_train=500, n_val=70, n_test=600, budget_s=800, concurrency=2, **SPEED)
+    large = size_trials(n_train=30000, n_val=3000, n_test=6000, budget_s=800, concurrency=2, **SPEED)
+    fixed = size_trials(n_train=30000, n_val=3000, n_test=6000, budget_s=800, concurrency=2,
+                        min_full_trials=FULL_TRIALS, **SPEED)
+    # A small set's full passes fit many times: the budget stays shared by FULL_TRIALS full-length trials.
+    assert small.full_trials == FULL_TRIALS
+    assert small.trial_seconds <= 800 * 2 / FULL_TRIALS * 1.05
+    # A large one gets fewer of them, each longer: more optimizer steps a trial, fewer trials.
+    assert large.full_trials == MIN_FULL_TRIALS and fixed.full_trials == FULL_TRIALS
+    assert large.steps_per_trial > 1.4 * fixed.steps_per_trial
+    assert large.expected_trials < fixed.expected_trials
+    assert large.trial_seconds <= 800 * 2 / MIN_FULL_TRIALS * 1.05
+    # In between, as many full-length trials as still get MIN_ROUNDS full passes each.
+    mid = size_trials(n_train=4000, n_val=520, n_test=620, budget_s=800, concurrency=2, **SPEED)
+    passes = (mid.epoch_samples or mid.n_train) * mid.epochs / mid.n_train
+    assert MIN_FULL_TRIALS <= mid.full_trials <= FULL_TRIALS and passes >= MIN_ROUNDS
+    assert f"{large.full_trials} of full length" in large.describe()
 
 
 @pytest.mark.parametrize("text, seconds", [("900", 900), (900, 900), ("900s", 900), ("15m", 900), ("1h30m", 5400), ("1.5h", 5400)])
