@@ -395,7 +395,8 @@ def run_sweep(
         uri_prefix = run_dir.split("://", 1)[0] + "://" if "://" in run_dir else ""
         frame = tune_leaderboard(run_dir, space, uri_prefix=uri_prefix)
         paths = write_leaderboard(frame, run_dir) + [f"{run_dir}/space.yaml"]
-        if bag and _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget):
+        complete = _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget)
+        if bag and complete:
             bag_dir = _bagging_step(space, frame, run_dir=run_dir, dataset=dataset, t_begin=t_begin,
                                     deadline_file=deadline_file, verbose=verbose)
     finally:
@@ -403,7 +404,7 @@ def run_sweep(
             import ray
 
             ray.shutdown()
-    if _complete(frame, space, seconds=seconds, n_trials=n_trials, trials_budget=tuner_budget):
+    if complete:
         frame = _keep(frame, space, run_dir)
     status = _report(
         frame, space, paths=paths, seconds=seconds, ensemble=ensemble, run_dir=run_dir, n_trials=n_trials, trials_budget=tuner_budget,
