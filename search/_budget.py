@@ -71,7 +71,7 @@ class Sizing:
     concurrency: int
     n_train: int
     batch_size: int
-    full_trials: int = FULL_TRIALS
+    full_trials: int
 
     @property
     def steps_per_trial(self) -> int:
