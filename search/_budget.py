@@ -41,6 +41,11 @@ MIN_EPOCH_SAMPLES = 256
 _TRAIN_OVERHEAD = 1.3
 # Seconds per epoch besides images: the checkpoint, the report, the scheduler's bookkeeping.
 _EPOCH_FIXED_S = 0.4
+# When a trial cannot train full passes, backbones this many times slower than the fastest are left out:
+# ASHA's rungs count epochs, so such a backbone pays that many times as much for each rung, and a trial of
+# it sees a fraction of the data before it is judged (on full BloodMNIST, 3 sub-epochs of resnet34 took
+# 39 % of a sweep's compute and were pruned). Within the factor, the search still weighs speed against depth.
+SLOW_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ class Sizing:
         n_train: training images.
         batch_size: the batch size the sizing assumed.
         full_trials: full-length trials the budget was sized for.
+        backbones: the backbone choices the sweep keeps when slow ones were left out; ``None`` when all stay.
+        left_out: the backbones left out, each with its training images per second.
     """
 
     epochs: int
@@ -72,6 +79,8 @@ class Sizing:
     n_train: int
     batch_size: int
     full_trials: int
+    backbones: tuple[str, ...] | None = None
+    left_out: tuple[tuple[str, float], ...] = ()
 
     @property
     def steps_per_trial(self) -> int:
@@ -253,7 +262,8 @@ def size_space(
     threads = int(space.fixed.get("threads") or max(1, int(space.search.resources.cpu)))
     device = "cuda" if space.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
     speeds = []
-    for backbone in backbones[:4]:  # a handful is enough for a mean; each takes about a second
+    measured = backbones[:4]  # a handful is enough for a mean; each takes about a second
+    for backbone in measured:
         s = measure_speed(
             str(backbone), image_size=int(dataset.image_size), channels=int(dataset.channels),
             num_classes=int(dataset.num_classes), batch_size=batch_size, threads=threads,
@@ -264,16 +274,36 @@ def size_space(
             echo(f"[medsweep] speed of {backbone} at {dataset.image_size}px on {threads} thread(s): "
                  f"{1 / s.train_s:.0f} training images/s, {1 / s.eval_s:.0f} evaluated/s")
     splits = dataset.splits
-    return size_trials(
-        n_train=len(splits["train"]),
-        n_val=len(splits["val"]),
-        n_test=len(splits["test"]),
-        batch_size=batch_size,
-        train_s=float(sum(s.train_s for s in speeds) / len(speeds)),
-        eval_s=float(sum(s.eval_s for s in speeds) / len(speeds)),
-        budget_s=budget_s,
-        concurrency=concurrency,
-        reduction_factor=float(space.search.scheduler.reduction_factor or 3),
-        full_trials=full_trials,
-        min_full_trials=min_full_trials,
-    )
+
+    def size(chosen: list[Any]) -> Sizing:
+        return size_trials(
+            n_train=len(splits["train"]),
+            n_val=len(splits["val"]),
+            n_test=len(splits["test"]),
+            batch_size=batch_size,
+            train_s=float(sum(s.train_s for s in chosen) / len(chosen)),
+            eval_s=float(sum(s.eval_s for s in chosen) / len(chosen)),
+            budget_s=budget_s,
+            concurrency=concurrency,
+            reduction_factor=float(space.search.scheduler.reduction_factor or 3),
+            full_trials=full_trials,
+            min_full_trials=min_full_trials,
+        )
+
+    sizing = size(speeds)
+    fastest_i = min(range(len(speeds)), key=lambda i: speeds[i].train_s)
+    fastest = speeds[fastest_i].train_s
+    slow = [i for i, s in enumerate(speeds) if s.train_s > SLOW_FACTOR * fastest]
+    if sizing.epoch_samples is None or not slow or bp is None:
+        return sizing
+    # Only now, when a trial cannot train full passes: on a set that fits, a deeper backbone costs
+    # epochs it can spare. Backbones past the measured handful stay (their speed is not known).
+    kept = [b for i, b in enumerate(measured) if i not in slow] + list(backbones[len(measured):])
+    left_out = tuple((str(measured[i]), 1.0 / speeds[i].train_s) for i in slow)
+    resized = size([s for i, s in enumerate(speeds) if i not in slow])
+    if echo is not None:
+        names = ", ".join(f"{b} ({ips:.0f} images/s)" for b, ips in left_out)
+        echo(f"[medsweep] epochs: auto leaves out {names}: more than {SLOW_FACTOR:g}x slower than "
+             f"{measured[fastest_i]} ({1 / fastest:.0f} images/s), "
+             f"when no trial fits a full pass {MIN_ROUNDS} times; set a number of epochs to keep every backbone")
+    return dataclasses.replace(resized, backbones=tuple(str(b) for b in kept), left_out=left_out)

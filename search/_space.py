@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from optuna.distributions import CategoricalDistribution
+
 from trainables import ConfigError, DataConfig, TrainParams, check_backbone, check_keys, did_you_mean
 
 # The parts of a space live in their own modules: the file (_files), its parameters (_params), its sections (_sections).
@@ -59,7 +61,8 @@ class Space:
     def with_sizing(self, sizing: Any) -> "Space":
         """This space with ``epochs: auto`` replaced by ``sizing`` (a ``search._budget.Sizing``): fixed
         ``epochs`` (and ``epoch_samples``), ASHA's ``max_t`` and ``grace_period`` where the file left them
-        out, and TPE's random start sized to the trials the budget is expected to start."""
+        out, TPE's random start sized to the trials the budget is expected to start, and the backbone
+        choices narrowed to those the sizing kept (``Sizing.backbones``)."""
         fixed = {**self.fixed, "epochs": int(sizing.epochs)}
         if sizing.epoch_samples:
             fixed.setdefault("epoch_samples", int(sizing.epoch_samples))
@@ -75,7 +78,14 @@ class Space:
         if sampler.type == "tpe" and sampler.n_startup_trials is None and self.search.n_trials is None:
             sampler = dataclasses.replace(sampler, n_startup_trials=max(2, min(10, int(sizing.expected_trials) // 4)))
         search = dataclasses.replace(self.search, scheduler=sched, sampler=sampler)
-        return dataclasses.replace(self, fixed=fixed, search=search, auto_epochs=False, sizing=sizing)
+        params = dict(self.params)
+        kept = getattr(sizing, "backbones", None)
+        if kept and "backbone" in params and tuple(kept) != params["backbone"].choices:
+            p = params["backbone"]
+            params["backbone"] = dataclasses.replace(
+                p, distribution=CategoricalDistribution(list(kept)), default=p.default if p.default in kept else None
+            )
+        return dataclasses.replace(self, fixed=fixed, params=params, search=search, auto_epochs=False, sizing=sizing)
 
     def defaults(self) -> dict[str, Any]:
         """The flat training config of a standalone run: fixed values plus each parameter's default.

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from search import load_space
-from search._budget import FULL_TRIALS, MIN_FULL_TRIALS, MIN_ROUNDS, parse_duration, size_trials
+from search._budget import FULL_TRIALS, MIN_FULL_TRIALS, MIN_ROUNDS, parse_duration, size_space, size_trials
 from trainables import ConfigError
 
 from .._images import write_class_folders
@@ -53,6 +53,52 @@ def test_a_large_set_is_sized_for_fewer_longer_trials():
     passes = (mid.epoch_samples or mid.n_train) * mid.epochs / mid.n_train
     assert MIN_FULL_TRIALS <= mid.full_trials <= FULL_TRIALS and passes >= MIN_ROUNDS
     assert f"{large.full_trials} of full length" in large.describe()
+
+
+# Training images/s this machine measured at 28 px on one thread (full BloodMNIST, 2026-12-02).
+_MEASURED = {"resnet18": 177.0, "resnet10t": 312.0, "resnet34": 96.0}
+
+
+def _sized(monkeypatch, tmp_path, n_train: int):
+    import types
+
+    import trainables
+    from trainables import Speed
+
+    monkeypatch.setattr(trainables, "measure_speed",
+                        lambda backbone, **kw: Speed(train_s=1 / _MEASURED[backbone], eval_s=0.2 / _MEASURED[backbone]))
+    p = tmp_path / "s.yaml"
+    p.write_text("data: {source: medmnist, dataset: bloodmnist}\n")
+    space = load_space(p)
+    assert space.params["backbone"].choices == ("resnet18", "resnet10t", "resnet34")
+    splits = {"train": range(n_train), "val": range(n_train // 7), "test": range(n_train // 3)}
+    data = types.SimpleNamespace(splits=splits, image_size=28, channels=3, num_classes=8)
+    lines: list[str] = []
+    sizing = size_space(space, data, budget_s=800, concurrency=2, echo=lines.append)
+    return space, sizing, lines
+
+
+def test_a_large_set_leaves_out_backbones_too_slow_to_train_it(monkeypatch, tmp_path):
+    space, sizing, lines = _sized(monkeypatch, tmp_path, 12000)
+    # A trial cannot train full passes here, and resnet34 is 3.2x slower than resnet10t: it is left out.
+    assert sizing.epoch_samples is not None
+    assert sizing.backbones == ("resnet18", "resnet10t") and [b for b, _ in sizing.left_out] == ["resnet34"]
+    assert any("leaves out resnet34 (96 images/s)" in line for line in lines)
+    sized = space.with_sizing(sizing)
+    assert sized.params["backbone"].choices == ("resnet18", "resnet10t")
+    assert sized.resolved()["space"]["backbone"]["choices"] == ["resnet18", "resnet10t"]
+    # The kept backbones' mean speed sizes the trials: each sees more images than with resnet34 counted.
+    every = size_trials(n_train=12000, n_val=12000 // 7, n_test=4000, batch_size=64, budget_s=800, concurrency=2,
+                        train_s=sum(1 / v for v in _MEASURED.values()) / 3,
+                        eval_s=sum(0.2 / v for v in _MEASURED.values()) / 3)
+    assert sizing.epochs * sizing.epoch_samples > 1.3 * every.epochs * every.epoch_samples
+
+
+def test_a_small_set_keeps_every_backbone(monkeypatch, tmp_path):
+    space, sizing, lines = _sized(monkeypatch, tmp_path, 1000)
+    assert sizing.epoch_samples is None and sizing.backbones is None and sizing.left_out == ()
+    assert not any("leaves out" in line for line in lines)
+    assert space.with_sizing(sizing).params["backbone"].choices == ("resnet18", "resnet10t", "resnet34")
 
 
 @pytest.mark.parametrize("text, seconds", [("900", 900), (900, 900), ("900s", 900), ("15m", 900), ("1h30m", 5400), ("1.5h", 5400)])
