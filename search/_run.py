@@ -295,6 +295,7 @@ def run_sweep(
     verbose: bool = False,
     ensemble: bool = True,
     report: bool = True,
+    spent_s: float = 0.0,
 ) -> int:
     """Run (or resume) the sweep of ``space``; write the leaderboard and the resolved space.
 
@@ -302,7 +303,9 @@ def run_sweep(
     130 when the sweep was interrupted (continue it with ``resume=True``). With ``ensemble`` the
     stacking ensemble of the best trials is built afterwards (``<run_dir>/ensemble``); when that fails
     the leaderboard stays written and the status is 2 (bad input, e.g. too few trials) or 1. With
-    ``report`` the run folder gets ``report.html`` at the end.
+    ``report`` the run folder gets ``report.html`` at the end. ``spent_s``: seconds of
+    ``search.time_budget_s`` already spent before the call (``python -m search.run`` passes the time
+    since its process started, so the whole command keeps to the budget).
 
     Example:
         >>> run_sweep(load_space("spaces/smoke.yaml", overrides=["data.root=/tmp/images"]), out="/tmp/runs")
@@ -314,7 +317,8 @@ def run_sweep(
 
     from ._leaderboard import read_text, tune_leaderboard, write_bytes, write_leaderboard
 
-    t_begin = time.perf_counter()
+    # The budget counts from what the caller already spent (the CLI: its start-up and imports).
+    t_begin = time.perf_counter() - max(0.0, float(spent_s))
     _quiet_logs(verbose)
     cfg = space.search
     run_dir = run_dir_of(space, out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Sequence
 
 from trainables import ConfigError
@@ -16,8 +17,11 @@ from trainables.cli import cli_errors
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, started_at: float | None = None) -> int:
     """The command line; returns the exit status (2 for bad input, with one line on stderr).
+
+    ``started_at``: the ``time.perf_counter()`` from which the budget counts (``python -m search.run``
+    passes its process start); by default the sweep's own start.
 
     Example:
         >>> main(["spaces/smoke.yaml", "--set", "data.root=/tmp/images", "--dry-run"])
@@ -80,9 +84,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             verbose=args.verbose,
             ensemble=not args.no_ensemble,
             report=not args.no_report,
+            spent_s=0.0 if started_at is None else time.perf_counter() - started_at,
         )
     return cli.status
 
 
+def _seconds_since_start() -> float:
+    """Seconds since this process started (the interpreter and the imports so far): a user times the whole
+    command, so its budget counts them. Read from /proc; 0 where there is none."""
+    import os
+
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22 (starttime, in clock ticks since boot); the command name before it may hold spaces.
+            start_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started_at=time.perf_counter() - _seconds_since_start()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import pandas as pd
 import pytest
@@ -162,11 +164,15 @@ def test_a_space_with_only_data_runs_to_an_ensemble_within_its_budget(tmp_path, 
     space = tmp_path / "only_data.yaml"
     space.write_text(yaml.safe_dump({"name": "only", "data": {"source": "folder", "root": str(images), "val_fraction": 0.25,
                                                             "test_fraction": 0.25, "cache_dir": str(tmp_path / "cache")}}))
-    budget = 50
+    budget, spent = 50, 8.0
+    # As `python -m search.run` does: the budget counts from the process start (here, 8 s before the call).
     rc = main([str(space), "--budget", str(budget), "--out", str(tmp_path / "runs"), "--no-report",
-               "--set", "backbone=test_resnet", "--set", "image_size=32"])
+               "--set", "backbone=test_resnet", "--set", "image_size=32"], started_at=time.perf_counter() - spent)
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
+    # The trials get the budget less the ensemble's reserve (5 s) and what was spent before the sweep.
+    trials_s = float(re.search(r"budget 50s \(trials (\d+)s\)", out).group(1))
+    assert trials_s <= budget - 5 - spent
     assert "epochs: auto -> " in out and "trials until the budget is spent" in out
     run = tmp_path / "runs" / "only"
     resolved = yaml.safe_load((run / "space.yaml").read_text())
@@ -179,3 +185,13 @@ def test_a_space_with_only_data_runs_to_an_ensemble_within_its_budget(tmp_path, 
     assert manifest["members"]
     # The budget, not a trial count, ended it (how much of it was used is a benchmark figure, not a test).
     assert f"s of the {budget}s budget" in out and "ended early" not in out
+
+
+def test_the_command_counts_its_start_up_against_the_budget():
+    import subprocess
+    import sys
+
+    # A process that slept 1.5 s before asking has spent at least that; the figure is its age, not the epoch's.
+    code = "import time; time.sleep(1.5); from search.run import _seconds_since_start as s; print(s())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1.5 <= age < 120
