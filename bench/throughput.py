@@ -94,7 +94,9 @@ def part_trainable(args, tmp: Path, rounds: int) -> dict:
     from trainables import DataConfig, Trainer, TrainParams, create_model
 
     data = DataConfig.from_dict(data_dict(args, tmp))
-    params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=rounds, image_size=28)
+    # Quick: the trainable's epoch is 768 draws (epoch_samples), as the bare loop's, not the whole split's 3,882.
+    params = TrainParams(backbone=args.backbone, batch_size=args.batch_size, threads=args.threads, epochs=rounds, image_size=28,
+                         epoch_samples=768 if args.quick else None)
     run = Trainer(params, data, tmp / "trial")
     if args.quick:  # trim the split in place: both loops see the same 768 images
         sp = run.ds.splits["train"]
