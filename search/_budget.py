@@ -5,10 +5,10 @@ A trial's length is fixed so that about ``FULL_TRIALS`` trials of full length fi
 sweep's concurrent slots; ASHA stops most trials long before that, so the budget starts several times as
 many. A small data set gets many epochs (capped at ``MAX_EPOCHS``). A large one, whose full pass does not
 fit ``MIN_ROUNDS`` times into such a trial, is sized for fewer, longer trials (down to
-``MIN_FULL_TRIALS``, and never fewer than the slots): there the training length, not the search, is what the budget is short of. When
-even that leaves fewer than ``MIN_ROUNDS`` passes, it gets ``MIN_ROUNDS`` sub-epochs of
-``epoch_samples`` draws each, so every trial still reports often enough to be pruned and still leaves
-predictions when the budget ends it.
+``MIN_FULL_TRIALS``, and never fewer than the slots): there the training length, not the search, is
+what the budget is short of. When even that leaves fewer than ``MIN_ROUNDS`` passes, it gets
+``MIN_ROUNDS`` sub-epochs of ``epoch_samples`` draws each, so every trial still reports often enough to
+be pruned and still leaves predictions when the budget ends it.
 """
 
 from __future__ import annotations
@@ -153,9 +153,8 @@ def size_trials(
     slot_seconds = budget_s * max(1, concurrency)
     # As many of the full_trials as each still gets MIN_ROUNDS full passes, but no fewer than min_full_trials.
     fitting = int(slot_seconds // (MIN_ROUNDS * full_epoch))
-    full_trials = max(1, min(full_trials, max(min_full_trials, fitting)))
     # Never fewer than the slots: a full-length trial longer than the budget's wall time could not finish.
-    full_trials = max(full_trials, max(1, concurrency))
+    full_trials = max(1, concurrency, min(full_trials, max(min_full_trials, fitting)))
     trial_budget = slot_seconds / full_trials
     raw = trial_budget / full_epoch
     epoch_samples: int | None = None
