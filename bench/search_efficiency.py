@@ -1,6 +1,7 @@
 """How much compute the default search (Optuna TPE + ASHA) saves against random search, on one space.
 
-The same space and trial count searched three ways, one after the other on the same machine:
+The same space and trial count searched three ways, one after the other on the same machine (``--quick``
+starts the three at once):
 
     tpe_asha       Optuna TPE sampler + ASHA early stopping (medsweep's default)
     random_asha    random sampler + ASHA
@@ -98,7 +99,8 @@ def epochs_to_reach(points: list[tuple[int, float]], target: float, mode: str, t
     return None
 
 
-def run_way(name: str, sets: list[str], *, space: str, data_root: Path | None, out_dir: Path, log: Path) -> float:
+def start_way(name: str, sets: list[str], *, space: str, data_root: Path | None, out_dir: Path, log: Path):
+    """Start one way's sweep (``python -m search.run``); ``finish_way`` waits for it and returns its wall seconds."""
     cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir), "--no-ensemble", "--no-report",
            "--set", "search.time_budget_s=null"]
     if data_root is not None:
@@ -106,13 +108,19 @@ def run_way(name: str, sets: list[str], *, space: str, data_root: Path | None, o
     for s in sets:
         cmd += ["--set", s]
     print(f"[{name}] $ python {' '.join(cmd[1:])}", flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"bench/search_efficiency.py: {name}: search.run exited {proc.returncode}; log {log}:\n"
+    fh = open(log, "w")  # noqa: SIM115 - closed in finish_way
+    return name, log, fh, time.perf_counter(), subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+
+
+def finish_way(started) -> float:
+    name, log, fh, t0, proc = started
+    rc = proc.wait()
+    wall = time.perf_counter() - t0
+    fh.close()
+    if rc != 0:
+        raise SystemExit(f"bench/search_efficiency.py: {name}: search.run exited {rc}; log {log}:\n"
                          + log.read_text()[-3000:])
-    return time.perf_counter() - t0
+    return wall
 
 
 def plot(curves: dict[int, dict[str, list[tuple[int, float]]]], metric: str, path: Path) -> None:
@@ -228,6 +236,7 @@ def main(argv=None) -> int:
         for seed in seeds:
             seed_sets = [f"search.sampler.seed={seed}", f"seed={seed}"]
             curves[seed], walls = {}, {}
+            started = {}
             for name in args.ways.split(","):
                 # Seed 0 keeps the folder a single-seed run had, so --reuse still finds it.
                 out_dir = work / name if seed == 0 else work / f"seed{seed}" / name
@@ -240,8 +249,18 @@ def main(argv=None) -> int:
                     continue
                 # FIFO has no rungs: the ASHA settings of the other two ways do not apply to it.
                 common = [s for s in sets if not (name == "random_full" and s.startswith("search.scheduler."))]
-                walls[name] = run_way(label, common + seed_sets + WAYS[name], space=args.space, data_root=data_root,
-                                      out_dir=out_dir, log=out_dir.parent / f"{name}.log")
+                # Its own experiment name: Tune stages a driver's files under the session's <start second>/<name>,
+                # which sweeps started in the same second would share.
+                named = [f"name={name}"] if args.quick else []
+                started[name] = out_dir, start_way(label, common + seed_sets + WAYS[name] + named, space=args.space,
+                                                   data_root=data_root, out_dir=out_dir, log=out_dir.parent / f"{name}.log")
+                # The full run times each way alone; the quick one (CI) starts all three at once on the shared
+                # Ray: the shares count each way's own trial-epochs, which do not depend on what runs beside it.
+                if not args.quick:
+                    walls[name] = finish_way(started[name][1])
+            for name, (out_dir, handle) in started.items():
+                if args.quick:
+                    walls[name] = finish_way(handle)
                 (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
                 run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
                 curves[seed][name] = curve(run_dir, metric, mode)
