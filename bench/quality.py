@@ -128,9 +128,10 @@ def zero_config_file(dataset: str, *, name: str, data_root: Path, path: Path) ->
     return path
 
 
-def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path,
-              space_file: Path | None = None) -> dict:
-    """One sweep + ensemble through the CLI; returns wall time and the ensemble's metrics.
+def start_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path,
+                space_file: Path | None = None) -> dict:
+    """Start one sweep + ensemble through the CLI and return at once; ``finish_space`` waits for it and returns
+    its wall time and the ensemble's metrics.
 
     ``space_file`` (a data-only file, ``--zero-config``) replaces the shipped space of ``dataset``.
     """
@@ -140,13 +141,20 @@ def run_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extr
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd[1:]), flush=True)
-    t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    fh = open(log, "w")  # noqa: SIM115 - closed in finish_space
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    return {"dataset": dataset, "cmd": cmd, "log": log, "fh": fh, "proc": proc, "t0": time.perf_counter(),
+            "out_dir": out_dir}
+
+
+def finish_space(started: dict) -> dict:
+    dataset, cmd, log, out_dir = started["dataset"], started["cmd"], started["log"], started["out_dir"]
+    rc = started["proc"].wait()
+    wall = time.perf_counter() - started["t0"]
+    started["fh"].close()
+    if rc != 0:
         tail = log.read_text()[-3000:]
-        raise SystemExit(f"bench/quality.py: {dataset}: search.run exited {proc.returncode}; log {log}:\n{tail}")
+        raise SystemExit(f"bench/quality.py: {dataset}: search.run exited {rc}; log {log}:\n{tail}")
     run_dir = next(p for p in out_dir.iterdir() if (p / "ensemble" / "metrics.json").is_file())
     metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
     import pandas as pd
@@ -334,15 +342,32 @@ def main(argv=None) -> int:
     rows, raw = [], {}
     budget_sets = [] if args.quick else [f"search.time_budget_s={args.budget}"]
     runs = [d if r == 0 else f"{d}#{r + 1}" for d in datasets for r in range(args.repeats)]
+    def data_root(d: str) -> Path:
+        base, _ = parse_variant(d.split("#")[0])
+        if args.quick:
+            root = work / "data" / d
+            subsample(shared_dir() / f"{base}.npz", root / f"{base}.npz", 0.1)
+            return root
+        v = d.split("#")[0]
+        return Path(make_variants(work / "data", [v], src_dir=shared_dir(), seed=args.seed)[v])
+
+    def start(d: str, root: Path) -> dict:
+        base, _ = parse_variant(d.split("#")[0])
+        space_file = zero_config_file(base, name=d, data_root=root, path=work / f"{d}.yaml") if args.zero_config else None
+        # Its own experiment name: Tune stages a driver's files under <start second>/<name>, which sweeps
+        # started at once (the quick mode) would otherwise share.
+        named = [f"name={d.replace('#', '-')}"] if args.quick and not args.zero_config else []
+        return start_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + named + args.sets,
+                           log=work / f"{d}.log", space_file=space_file)
+
     with one_ray():
+        roots = {d: data_root(d) for d in runs} if args.quick else {}
+        # The quick mode (CI) starts every sweep at once on the shared Ray and runs the baselines beside them:
+        # its figures are not compared with anything. A full run times each sweep alone.
+        early = {d: start(d, roots[d]) for d in runs} if args.quick else {}
         for d in runs:
             base, _ = parse_variant(d.split("#")[0])
-            if args.quick:
-                root = work / "data" / d
-                subsample(shared_dir() / f"{base}.npz", root / f"{base}.npz", 0.1)
-            else:
-                v = d.split("#")[0]
-                root = Path(make_variants(work / "data", [v], src_dir=shared_dir(), seed=args.seed)[v])
+            root = roots[d] if d in roots else data_root(d)
             repeat = "#" in d  # the seeded baseline is run once per dataset
             side = None
             if args.parallel and not args.no_baseline and not repeat:
@@ -350,9 +375,7 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--npz", str(root / f"{base}.npz"), "--seed", str(args.seed),
                        "--name", d, "--out", str(work / f"baseline_{d}.json")] + (["--quick"] if args.quick else ["--budget", str(args.budget)])
                 side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child holds the log
-            space_file = zero_config_file(base, name=d, data_root=root, path=work / f"{d}.yaml") if args.zero_config else None
-            res = run_space(base, data_root=root, out_dir=work / d, quick=args.quick, extra_sets=budget_sets + args.sets,
-                            log=work / f"{d}.log", space_file=space_file)
+            res = finish_space(early[d] if d in early else start(d, root))
             if not args.quick:
                 res["budget_used"] = round(res["wall_s"] / args.budget, 3)
             raw[d] = res
