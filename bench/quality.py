@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +129,41 @@ def zero_config_file(dataset: str, *, name: str, data_root: Path, path: Path) ->
     return path
 
 
+class Started:
+    """One ``python -m search.run`` process that ``start_cli`` started; ``wait_cli`` waits for it."""
+
+    def __init__(self, label: str, cmd: list[str], log: Path):
+        self.label, self.cmd, self.log = label, cmd, log
+        self.fh = open(log, "w")  # noqa: SIM115 - closed in wait_cli
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT, text=True)
+
+
+def start_cli(label: str, cmd: list[str], *, log: Path) -> Started:
+    """Start ``cmd`` (a ``search.run`` command line) with its output in ``log`` and return at once."""
+    return Started(label, cmd, log)
+
+
+def wait_cli(started: Started, *, script: str, others: Any = ()) -> float:
+    """Wait for a started command and return its wall seconds.
+
+    A command that failed raises ``SystemExit`` with the end of its log, after stopping ``others`` (the
+    sweeps started beside it, which would otherwise keep running until the shared Ray goes).
+    """
+    rc = started.proc.wait()
+    wall = time.perf_counter() - started.t0
+    started.fh.close()
+    if rc != 0:
+        for other in others:
+            if other is not started and other.proc.poll() is None:
+                other.proc.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    other.proc.wait(timeout=30)
+        raise SystemExit(f"{script}: {started.label}: search.run exited {rc}; log {started.log}:\n"
+                         + started.log.read_text()[-3000:])
+    return wall
+
+
 def start_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, extra_sets: list[str], log: Path,
                 space_file: Path | None = None) -> dict:
     """Start one sweep + ensemble through the CLI and return at once; ``finish_space`` waits for it and returns
@@ -141,20 +177,13 @@ def start_space(dataset: str, *, data_root: Path, out_dir: Path, quick: bool, ex
     for s in sets:
         cmd += ["--set", s]
     print("$", " ".join(cmd[1:]), flush=True)
-    fh = open(log, "w")  # noqa: SIM115 - closed in finish_space
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
-    return {"dataset": dataset, "cmd": cmd, "log": log, "fh": fh, "proc": proc, "t0": time.perf_counter(),
-            "out_dir": out_dir}
+    return {"dataset": dataset, "cli": start_cli(dataset, cmd, log=log), "out_dir": out_dir}
 
 
-def finish_space(started: dict) -> dict:
-    dataset, cmd, log, out_dir = started["dataset"], started["cmd"], started["log"], started["out_dir"]
-    rc = started["proc"].wait()
-    wall = time.perf_counter() - started["t0"]
-    started["fh"].close()
-    if rc != 0:
-        tail = log.read_text()[-3000:]
-        raise SystemExit(f"bench/quality.py: {dataset}: search.run exited {rc}; log {log}:\n{tail}")
+def finish_space(started: dict, *, others: Any = ()) -> dict:
+    """Wait for ``start_space``'s sweep (stopping ``others`` if it failed) and read what it wrote."""
+    cli, out_dir = started["cli"], started["out_dir"]
+    wall = wait_cli(cli, script="bench/quality.py", others=[o["cli"] for o in others])
     run_dir = next(p for p in out_dir.iterdir() if (p / "ensemble" / "metrics.json").is_file())
     metrics = json.loads((run_dir / "ensemble" / "metrics.json").read_text())
     import pandas as pd
@@ -163,7 +192,7 @@ def finish_space(started: dict) -> dict:
     counts = board["status"].value_counts().to_dict()
     trial_epochs = int(board["epochs"].fillna(0).sum())
     return {"wall_s": round(wall, 1), "run_dir": str(run_dir), "metrics": metrics, "status_counts": counts,
-            "trial_epochs": trial_epochs, "command": "python " + " ".join(cmd[1:]), "log": str(log),
+            "trial_epochs": trial_epochs, "command": "python " + " ".join(cli.cmd[1:]), "log": str(cli.log),
             "trials_on_test": trials_on_test(board)}
 
 
@@ -375,7 +404,7 @@ def main(argv=None) -> int:
                 cmd = [sys.executable, str(ROOT / "bench" / "baseline.py"), "--npz", str(root / f"{base}.npz"), "--seed", str(args.seed),
                        "--name", d, "--out", str(work / f"baseline_{d}.json")] + (["--quick"] if args.quick else ["--budget", str(args.budget)])
                 side = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(work / f"baseline_{d}.log", "w"), stderr=subprocess.STDOUT)  # noqa: SIM115 - the child holds the log
-            res = finish_space(early[d] if d in early else start(d, root))
+            res = finish_space(early[d] if d in early else start(d, root), others=early.values())
             if not args.quick:
                 res["budget_used"] = round(res["wall_s"] / args.budget, 3)
             raw[d] = res

@@ -33,7 +33,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -100,7 +99,7 @@ def epochs_to_reach(points: list[tuple[int, float]], target: float, mode: str, t
 
 
 def start_way(name: str, sets: list[str], *, space: str, data_root: Path | None, out_dir: Path, log: Path):
-    """Start one way's sweep (``python -m search.run``); ``finish_way`` waits for it and returns its wall seconds."""
+    """Start one way's sweep (``python -m search.run``); ``_quality.wait_cli`` waits for it."""
     cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir), "--no-ensemble", "--no-report",
            "--set", "search.time_budget_s=null"]
     if data_root is not None:
@@ -108,19 +107,12 @@ def start_way(name: str, sets: list[str], *, space: str, data_root: Path | None,
     for s in sets:
         cmd += ["--set", s]
     print(f"[{name}] $ python {' '.join(cmd[1:])}", flush=True)
-    fh = open(log, "w")  # noqa: SIM115 - closed in finish_way
-    return name, log, fh, time.perf_counter(), subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    return _quality.start_cli(name, cmd, log=log)
 
 
-def finish_way(started) -> float:
-    name, log, fh, t0, proc = started
-    rc = proc.wait()
-    wall = time.perf_counter() - t0
-    fh.close()
-    if rc != 0:
-        raise SystemExit(f"bench/search_efficiency.py: {name}: search.run exited {rc}; log {log}:\n"
-                         + log.read_text()[-3000:])
-    return wall
+def finish_way(started, *, others=()) -> float:
+    """The way's wall seconds; a way that failed stops ``others`` (started beside it) and raises."""
+    return _quality.wait_cli(started, script="bench/search_efficiency.py", others=others)
 
 
 def plot(curves: dict[int, dict[str, list[tuple[int, float]]]], metric: str, path: Path) -> None:
@@ -260,7 +252,7 @@ def main(argv=None) -> int:
                     walls[name] = finish_way(started[name][1])
             for name, (out_dir, handle) in started.items():
                 if args.quick:
-                    walls[name] = finish_way(handle)
+                    walls[name] = finish_way(handle, others=[h for _, h in started.values()])
                 (out_dir / "walls.json").write_text(json.dumps({"wall_s": walls[name]}))
                 run_dir = next(p for p in out_dir.iterdir() if p.is_dir())
                 curves[seed][name] = curve(run_dir, metric, mode)
