@@ -99,7 +99,7 @@ def epochs_to_reach(points: list[tuple[int, float]], target: float, mode: str, t
 
 
 def start_way(name: str, sets: list[str], *, space: str, data_root: Path | None, out_dir: Path, log: Path):
-    """Start one way's sweep (``python -m search.run``); ``_quality.wait_cli`` waits for it."""
+    """Start one way's sweep (``python -m search.run``); ``finish_way`` waits for it and returns its wall seconds."""
     cmd = [sys.executable, "-m", "search.run", space, "--out", str(out_dir), "--no-ensemble", "--no-report",
            "--set", "search.time_budget_s=null"]
     if data_root is not None:
