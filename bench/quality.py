@@ -33,7 +33,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -129,19 +129,22 @@ def zero_config_file(dataset: str, *, name: str, data_root: Path, path: Path) ->
     return path
 
 
-class Started:
+class Started(NamedTuple):
     """One ``python -m search.run`` process that ``start_cli`` started; ``wait_cli`` waits for it."""
 
-    def __init__(self, label: str, cmd: list[str], log: Path):
-        self.label, self.cmd, self.log = label, cmd, log
-        self.fh = open(log, "w")  # noqa: SIM115 - closed in wait_cli
-        self.t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.fh, stderr=subprocess.STDOUT, text=True)
+    label: str
+    cmd: list[str]
+    log: Path
+    fh: Any
+    proc: subprocess.Popen
+    t0: float
 
 
 def start_cli(label: str, cmd: list[str], *, log: Path) -> Started:
     """Start ``cmd`` (a ``search.run`` command line) with its output in ``log`` and return at once."""
-    return Started(label, cmd, log)
+    fh = open(log, "w")  # noqa: SIM115 - closed in wait_cli
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+    return Started(label=label, cmd=cmd, log=log, fh=fh, proc=proc, t0=time.perf_counter())
 
 
 def wait_cli(started: Started, *, script: str, others: Any = ()) -> float:
