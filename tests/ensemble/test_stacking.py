@@ -119,6 +119,41 @@ def test_mlp_meta_learner_fits_and_serialises_at_default_size():
     assert ens.params_["activation"] == "relu" and ens.params_["out_activation"] == "softmax"
 
 
+@pytest.mark.parametrize("task, k", [("binary", 2), ("multi-class", 4)])
+def test_one_member_is_left_as_it_is_before_its_calibration(task, k):
+    # A meta-learner on one member's logits only recalibrates it and can reorder a multi-class member's
+    # one-vs-rest scores; the ensemble of one member is that member (then its temperature and offsets).
+    P, y = single_label(400, k, [1.2], seed=5, noise=1.0)
+    ens = StackingEnsemble(task=task, temperature=False, class_bias=False, **FAST).fit(P, y)
+    assert ens.combiner_ in ("mean", "best", "greedy")
+    assert {row["combiner"] for row in ens.cv_table_} == {"mean", "best", "greedy"}
+    np.testing.assert_allclose(ens.predict_proba(P), P[0] / P[0].sum(1, keepdims=True), atol=1e-12)
+    # Asked for a meta-learner only, it still gets one.
+    assert StackingEnsemble(task=task, combiners=("logistic",), **FAST).fit(P, y).combiner_ == "logistic"
+
+
+def test_meta_learners_fit_on_a_stratified_cap_of_a_large_validation_split(monkeypatch):
+    import ensemble._combiners as combiners
+
+    seen = []
+    original = combiners._fit_head
+    monkeypatch.setattr(combiners, "_fit_head", lambda name, settings, X, y, seed: seen.append(np.bincount(y, minlength=3)) or original(name, settings, X, y, seed))
+    P, y = single_label(6000, 3, [1.2, 0.8], seed=6)
+    y = np.where(np.arange(6000) < 600, 2, y % 2)  # 10 % of class 2
+    ens = StackingEnsemble(task="multi-class", combiners=("mean", "logistic"), n_folds=2, **FAST).fit(P, y)
+    assert seen and all(c.sum() <= combiners.HEAD_MAX_ROWS for c in seen)
+    # Each fit keeps the classes' shares (within a row per class) and the same rows for the same data.
+    assert all(abs(c[2] / c.sum() - 0.1) < 0.002 for c in seen)
+    assert ens.cv_scores_["logistic"] > 0.5
+    rows = combiners.capped_rows(y, seed=0)
+    np.testing.assert_array_equal(rows, combiners.capped_rows(y, seed=0))
+    assert len(np.unique(rows)) == len(rows) and len(combiners.capped_rows(y[:500])) == 500
+    # Multi-label rows are drawn by their first positive label, and every label keeps rows.
+    Pm, ym = multi_label(5000, 3, [1.5], seed=7)
+    rows = combiners.capped_rows(ym, seed=0)
+    assert len(rows) <= combiners.HEAD_MAX_ROWS and ((ym[rows] == 1).sum(0) > 0).all()
+
+
 # ---------------------------------------------------------------- cross-validation
 
 
