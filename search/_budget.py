@@ -9,6 +9,11 @@ fit ``MIN_ROUNDS`` times into such a trial, is sized for fewer, longer trials (d
 what the budget is short of. When even that leaves fewer than ``MIN_ROUNDS`` passes, it gets
 ``MIN_ROUNDS`` sub-epochs of ``epoch_samples`` draws each, so every trial still reports often enough to
 be pruned and still leaves predictions when the budget ends it.
+
+When the budget is sized for no more full-length trials than there are slots, a full-length trial may
+take the budget's whole wall time. There a round (one report, one ASHA step) is sized per backbone to
+take the same time (``Sizing.round_samples``): a slower backbone trains fewer images a round and still
+ends within the budget, a faster one more, and ASHA compares trials at equal compute.
 """
 
 from __future__ import annotations
@@ -17,11 +22,11 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from trainables import ConfigError
 
-__all__ = ["DEFAULT_BUDGET_S", "Sizing", "parse_duration", "size_space", "size_trials"]
+__all__ = ["DEFAULT_BUDGET_S", "Sizing", "equal_time_rounds", "parse_duration", "size_space", "size_trials"]
 
 # What a sweep gets when its file names neither a time budget nor a trial count.
 DEFAULT_BUDGET_S = 900.0
@@ -48,6 +53,10 @@ _EPOCH_FIXED_S = 0.4
 # it sees a fraction of the data before it is judged (on full BloodMNIST, 3 sub-epochs of resnet34 took
 # 39 % of a sweep's compute and were pruned). Within the factor, the search still weighs speed against depth.
 SLOW_FACTOR = 2.0
+# Rounds of equal time (see the module's docstring): a full-length trial of every backbone is sized to this
+# share of the budget. A trial's time is estimated from the probe; the finished trial of a full BloodMNIST
+# sweep took 6 % longer than that estimate (bench/RESULTS.md, 2026-12-03), and trials start a few seconds in.
+EQUAL_TIME_SHARE = 0.85
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class Sizing:
         full_trials: full-length trials the budget was sized for.
         backbones: the backbone choices the sweep keeps when slow ones were left out; ``None`` when all stay.
         left_out: the backbones left out, each with its training images per second.
+        round_samples: training draws per round for each measured backbone when rounds are sized to take
+            equal time (as many full-length trials as slots); empty otherwise. A backbone it does not name
+            trains ``epoch_samples`` (or full passes).
     """
 
     epochs: int
@@ -83,18 +95,30 @@ class Sizing:
     full_trials: int
     backbones: tuple[str, ...] | None = None
     left_out: tuple[tuple[str, float], ...] = ()
+    round_samples: tuple[tuple[str, int], ...] = ()
+
+    def samples_for(self, backbone: Any) -> int | None:
+        """Training draws per round for ``backbone``: its equal-time share, else ``epoch_samples``."""
+        return dict(self.round_samples).get(str(backbone), self.epoch_samples)
 
     @property
     def steps_per_trial(self) -> int:
-        per_epoch = self.epoch_samples or self.n_train
-        return self.epochs * max(1, per_epoch // self.batch_size)
+        """Optimizer steps of a full-length trial (with rounds of equal time, the backbones' mean)."""
+        if self.round_samples:
+            per_epoch = sum(n for _, n in self.round_samples) / len(self.round_samples)
+        else:
+            per_epoch = self.epoch_samples or self.n_train
+        return self.epochs * max(1, int(per_epoch) // self.batch_size)
 
     def describe(self) -> str:
         """One line for the start of a sweep."""
-        unit = (
-            f"{self.epochs} epochs" if self.epoch_samples is None
-            else f"{self.epochs} sub-epochs of {self.epoch_samples} images (a full pass is {self.n_train})"
-        )
+        if self.round_samples:
+            each = ", ".join(f"{b} {n}" for b, n in self.round_samples)
+            unit = f"{self.epochs} rounds of equal time, training images a round: {each} (a full pass is {self.n_train})"
+        elif self.epoch_samples is None:
+            unit = f"{self.epochs} epochs"
+        else:
+            unit = f"{self.epochs} sub-epochs of {self.epoch_samples} images (a full pass is {self.n_train})"
         return (
             f"epochs: auto -> {unit}, about {self.steps_per_trial} optimizer steps a trial "
             f"(~{self.epoch_seconds:.1f}s an epoch, ~{self.trial_seconds:.0f}s a full trial); "
@@ -187,6 +211,59 @@ def size_trials(
         n_train=n_train,
         batch_size=batch_size,
         full_trials=full_trials,
+    )
+
+
+def equal_time_rounds(
+    sizing: Sizing,
+    speeds: Sequence[tuple[str, Any]],
+    *,
+    n_val: int,
+    n_test: int,
+    reduction_factor: float = 3.0,
+    share: float = EQUAL_TIME_SHARE,
+) -> Sizing:
+    """``sizing`` with rounds of equal time per backbone when a full-length trial may take the whole budget.
+
+    Only when the budget is sized for no more full-length trials than slots (``full_trials <=
+    concurrency``); otherwise ``sizing`` unchanged. Each backbone's round is sized so that ``epochs`` of
+    them take ``share`` of a full-length trial's budget, its validation (and half-weighted test) pass
+    included: ASHA's rungs then fall at equal compute, and a backbone slower than the mean still ends.
+
+    Args:
+        sizing: from ``size_trials`` on the backbones' mean speed.
+        speeds: ``(backbone, Speed)`` for each measured backbone the sweep keeps.
+        n_val: validation images.
+        n_test: test images.
+        reduction_factor: ASHA's, for the expected trial count.
+        share: of the trial's budget a full-length trial is sized to take.
+
+    Example:
+        >>> from trainables import Speed
+        >>> s = size_trials(n_train=12000, n_val=1700, n_test=3400, batch_size=64, train_s=4e-3, eval_s=6e-4,
+        ...                 budget_s=800, concurrency=2)
+        >>> eq = equal_time_rounds(s, [("fast", Speed(3e-3, 5e-4)), ("slow", Speed(6e-3, 8e-4))], n_val=1700, n_test=3400)
+        >>> dict(eq.round_samples)["fast"] > dict(eq.round_samples)["slow"]
+        True
+    """
+    if sizing.full_trials > sizing.concurrency or not speeds:
+        return sizing
+    trial_budget = sizing.budget_s * sizing.concurrency / sizing.full_trials
+    round_s = share * trial_budget / sizing.epochs
+    floor = max(MIN_EPOCH_SAMPLES, 2 * sizing.batch_size)
+    rounds = []
+    for backbone, speed in speeds:
+        eval_cost = (n_val + 0.5 * n_test) * speed.eval_s + _EPOCH_FIXED_S
+        samples = int(max(0.0, round_s - eval_cost) / (speed.train_s * _TRAIN_OVERHEAD))
+        rounds.append((str(backbone), max(floor, samples)))
+    trial_s = share * trial_budget
+    cost = _asha_cost(sizing.epochs, sizing.grace_period, reduction_factor) * trial_s
+    return dataclasses.replace(
+        sizing,
+        round_samples=tuple(rounds),
+        epoch_seconds=round_s,
+        trial_seconds=trial_s,
+        expected_trials=max(1, int(sizing.budget_s * sizing.concurrency / max(cost, 1e-9))),
     )
 
 
@@ -294,12 +371,18 @@ def size_space(
             min_full_trials=min_full_trials,
         )
 
+    def equal_time(sized: Sizing, kept: list[int]) -> Sizing:
+        return equal_time_rounds(
+            sized, [(str(measured[i]), speeds[i]) for i in kept], n_val=len(splits["val"]), n_test=len(splits["test"]),
+            reduction_factor=float(space.search.scheduler.reduction_factor or 3),
+        )
+
     sizing = size(speeds)
     fastest_i = min(range(len(speeds)), key=lambda i: speeds[i].train_s)
     fastest = speeds[fastest_i].train_s
     slow = [i for i, s in enumerate(speeds) if s.train_s > SLOW_FACTOR * fastest]
     if sizing.epoch_samples is None or not slow or bp is None:
-        return sizing
+        return equal_time(sizing, list(range(len(speeds))))
     # Only now, when a trial cannot train full passes: on a set that fits, a deeper backbone costs
     # epochs it can spare. Backbones past the measured handful stay (their speed is not known).
     kept = [b for i, b in enumerate(measured) if i not in slow] + list(backbones[len(measured):])
@@ -310,4 +393,5 @@ def size_space(
         echo(f"[medsweep] epochs: auto leaves out {names}: more than {SLOW_FACTOR:g}x slower than "
              f"{measured[fastest_i]} ({1 / fastest:.0f} images/s), "
              f"when no trial fits a full pass {MIN_ROUNDS} times; set a number of epochs to keep every backbone")
+    resized = equal_time(resized, [i for i in range(len(speeds)) if i not in slow])
     return dataclasses.replace(resized, backbones=tuple(str(b) for b in kept), left_out=left_out)

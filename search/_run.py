@@ -42,9 +42,12 @@ class DefineByRun:
         >>> config = {**fn(trial), **trial.params}  # what OptunaSearch hands to Tune
     """
 
-    def __init__(self, params: Sequence[Param], constants: Mapping[str, Any]) -> None:
+    def __init__(self, params: Sequence[Param], constants: Mapping[str, Any],
+                 per_choice: Mapping[str, Mapping[Any, Mapping[str, Any]]] | None = None) -> None:
         self.params = list(params)
         self.constants = dict(constants)
+        # Constants that follow a drawn choice (``Space.per_choice``): a backbone's own round length.
+        self.per_choice = {k: dict(v) for k, v in (per_choice or {}).items()}
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         values = {k: v for k, v in self.constants.items() if k != "data" and not k.startswith("_")}
@@ -52,7 +55,10 @@ class DefineByRun:
             if not p.active(values):
                 continue
             values[p.name] = suggest(trial, p)
-        return dict(self.constants)
+        out = dict(self.constants)
+        for name, table in getattr(self, "per_choice", {}).items():  # a searcher pickled before it has none
+            out.update(table.get(values.get(name), {}))
+        return out
 
 
 def suggest(trial: Any, p: Param) -> Any:
@@ -648,7 +654,8 @@ def build_tuner(
     cfg = space.search
     multi = cfg.multi_objective
     searcher = OptunaSearch(
-        space=DefineByRun(space.ordered_params(), {**constants, TUNE_KEY: True}),  # the trainable reports to Tune
+        # the trainable reports to Tune
+        space=DefineByRun(space.ordered_params(), {**constants, TUNE_KEY: True}, per_choice=space.per_choice),
         metric=[o.metric for o in cfg.objectives] if multi else cfg.metric,
         mode=[o.mode for o in cfg.objectives] if multi else cfg.mode,
         sampler=create_sampler(cfg.sampler, n_trials=cfg.n_trials),

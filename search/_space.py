@@ -57,15 +57,29 @@ class Space:
     # `epochs: auto` until the sweep sizes it (``with_sizing``); then the chosen sizes.
     auto_epochs: bool = False
     sizing: Any = None
+    # Values that follow a searched choice, set by the sizing: {"backbone": {"resnet18": {"epoch_samples": 6800}}}
+    # (rounds of equal time). Each trial gets the entry of the value it drew; ``fixed`` holds the fallback.
+    per_choice: Mapping[str, Mapping[Any, Mapping[str, Any]]] = field(default_factory=dict)
 
     def with_sizing(self, sizing: Any) -> "Space":
         """This space with ``epochs: auto`` replaced by ``sizing`` (a ``search._budget.Sizing``): fixed
         ``epochs`` (and ``epoch_samples``), ASHA's ``max_t`` and ``grace_period`` where the file left them
         out, TPE's random start sized to the trials the budget is expected to start, and the backbone
-        choices narrowed to those the sizing kept (``Sizing.backbones``)."""
+        choices narrowed to those the sizing kept (``Sizing.backbones``). With rounds of equal time
+        (``Sizing.round_samples``) a searched backbone's ``epoch_samples`` follows it (``per_choice``)
+        and a fixed one's is its own."""
         fixed = {**self.fixed, "epochs": int(sizing.epochs)}
-        if sizing.epoch_samples:
-            fixed.setdefault("epoch_samples", int(sizing.epoch_samples))
+        per_choice: dict[str, dict[Any, dict[str, Any]]] = {}
+        rounds = dict(getattr(sizing, "round_samples", ()) or ())
+        if "epoch_samples" not in fixed:  # a file's own epoch_samples stays, for every backbone
+            if rounds and "backbone" not in self.params:
+                samples = rounds.get(str(fixed.get("backbone", TrainParams.backbone)), sizing.epoch_samples)
+            else:
+                samples = sizing.epoch_samples
+                if rounds:
+                    per_choice["backbone"] = {b: {"epoch_samples": int(n)} for b, n in rounds.items()}
+            if samples:
+                fixed["epoch_samples"] = int(samples)
         sched = self.search.scheduler
         if sched.type in ("asha", "median"):
             grace = sched.grace_period if sched.grace_period is not None else int(sizing.grace_period)
@@ -85,7 +99,22 @@ class Space:
             params["backbone"] = dataclasses.replace(
                 p, distribution=CategoricalDistribution(list(kept)), default=p.default if p.default in kept else None
             )
-        return dataclasses.replace(self, fixed=fixed, params=params, search=search, auto_epochs=False, sizing=sizing)
+        return dataclasses.replace(self, fixed=fixed, params=params, search=search, auto_epochs=False, sizing=sizing,
+                                   per_choice=per_choice)
+
+    def follow_choices(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values`` with what follows its drawn choices (``per_choice``) put in.
+
+        Example:
+            >>> space.per_choice
+            {'backbone': {'resnet18': {'epoch_samples': 6800}, 'resnet10t': {'epoch_samples': 13400}}}
+            >>> space.follow_choices({"backbone": "resnet10t", "epoch_samples": 9000})["epoch_samples"]
+            13400
+        """
+        out = dict(values)
+        for name, table in self.per_choice.items():
+            out.update(table.get(out.get(name), {}))
+        return out
 
     def defaults(self) -> dict[str, Any]:
         """The flat training config of a standalone run: fixed values plus each parameter's default.
@@ -96,7 +125,7 @@ class Space:
         for p in self.ordered_params():
             if p.active(out):
                 out[p.name] = p.default_value()
-        return out
+        return self.follow_choices(out)
 
     def ordered_params(self) -> list[Param]:
         """The searched parameters, each after those its ``when`` condition names (file order otherwise)."""

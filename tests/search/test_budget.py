@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -210,3 +211,65 @@ def test_the_command_counts_its_start_up_against_the_budget():
     code = "import time; time.sleep(1.5); from search.run import _seconds_since_start as s; print(s())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1.5 <= age < 120
+
+
+def _trial_s(sizing, backbone: str, n_val: int, n_test: int) -> float:
+    """A full-length trial's seconds for one backbone, as the sizing estimates them."""
+    from search._budget import _EPOCH_FIXED_S, _TRAIN_OVERHEAD
+
+    train_s, eval_s = 1 / _MEASURED[backbone], 0.2 / _MEASURED[backbone]
+    samples = sizing.samples_for(backbone) or sizing.n_train
+    return sizing.epochs * (samples * train_s * _TRAIN_OVERHEAD + (n_val + 0.5 * n_test) * eval_s + _EPOCH_FIXED_S)
+
+
+@pytest.mark.parametrize("n_train", [12000, 30000])
+def test_a_large_set_gets_rounds_of_equal_time_so_a_slower_backbone_still_ends(monkeypatch, tmp_path, n_train):
+    from search._budget import EQUAL_TIME_SHARE
+
+    space, sizing, lines = _sized(monkeypatch, tmp_path, n_train)
+    assert sizing.full_trials == sizing.concurrency == 2
+    rounds = dict(sizing.round_samples)
+    assert set(rounds) == {"resnet18", "resnet10t"}  # resnet34 is left out; the kept ones are sized apart
+    assert rounds["resnet10t"] > 1.5 * rounds["resnet18"]
+    # With the mean speed a full-length resnet18 trial would outlast the budget's wall time (800 s); each
+    # backbone's own rounds end it within the share, and the faster backbone trains more images than the mean.
+    mean = dataclasses.replace(sizing, round_samples=())
+    assert _trial_s(mean, "resnet18", n_train // 7, n_train // 3) > 800
+    for backbone in rounds:
+        assert 0.95 * EQUAL_TIME_SHARE * 800 < _trial_s(sizing, backbone, n_train // 7, n_train // 3) <= EQUAL_TIME_SHARE * 800 * 1.01
+    assert rounds["resnet10t"] > (sizing.epoch_samples or n_train)
+    assert "rounds of equal time" in sizing.describe() and f"resnet10t {rounds['resnet10t']}" in sizing.describe()
+
+
+def test_each_trial_trains_the_rounds_of_the_backbone_it_drew(monkeypatch, tmp_path):
+    import optuna
+
+    from search._run import DefineByRun, trial_constants
+
+    space, sizing, _ = _sized(monkeypatch, tmp_path, 12000)
+    sized = space.with_sizing(sizing)
+    rounds = dict(sizing.round_samples)
+    fn = DefineByRun(sized.ordered_params(), trial_constants(sized), per_choice=sized.per_choice)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = {}
+    for _ in range(12):
+        trial = study.ask()
+        config = {**fn(trial), **trial.params}
+        seen[config["backbone"]] = config["epoch_samples"]
+    assert seen == rounds
+    # A standalone run (search.fit) trains the default backbone's rounds.
+    assert sized.defaults()["epoch_samples"] == rounds[sized.defaults()["backbone"]]
+    # A fixed backbone gets its own rounds; a file's own epoch_samples is kept for every backbone.
+    fixed = dataclasses.replace(space, params={k: v for k, v in space.params.items() if k != "backbone"},
+                                fixed={**space.fixed, "backbone": "resnet10t"})
+    assert fixed.with_sizing(sizing).fixed["epoch_samples"] == rounds["resnet10t"]
+    own = dataclasses.replace(space, fixed={**space.fixed, "epoch_samples": 5000}).with_sizing(sizing)
+    assert own.fixed["epoch_samples"] == 5000 and own.per_choice == {}
+
+
+def test_a_small_set_keeps_one_round_length_for_every_backbone(monkeypatch, tmp_path):
+    # Its budget is shared by FULL_TRIALS full-length trials: even resnet34's fits the wall time.
+    space, sizing, _ = _sized(monkeypatch, tmp_path, 1000)
+    assert sizing.full_trials == FULL_TRIALS and sizing.round_samples == ()
+    assert space.with_sizing(sizing).per_choice == {}
+    assert _trial_s(sizing, "resnet34", 1000 // 7, 1000 // 3) < 800
