@@ -8,6 +8,8 @@ A size above the train split's (``bloodmnist-30000``) grows it instead, standing
 pool is the train images under the 8 rotations and flips of the square (label-preserving for blood cells,
 a stand-in only for radiographs), ``n_train`` of them are drawn stratified, and val and test are whole.
 It has as many training arrays as a large set and costs as much to train on, but fewer independent images.
+A ``v<n_val>`` suffix (``bloodmnist-90000v10000``) grows the validation split the same way, standing in for
+a large set's large validation split (PathMNIST's 10,004, ChestMNIST's 11,219): its copies are near-duplicates.
 
 Bench scripts load this file by path (bench/ is not a package, and bench/ast.py shadows the stdlib's ``ast``)::
 
@@ -35,15 +37,23 @@ import numpy as np
 # The bench's datasets: both shared files whole, and 500- and 1,000-image cuts of their train splits.
 VARIANTS = ("pneumoniamnist", "pneumoniamnist-500", "pneumoniamnist-1000", "bloodmnist", "bloodmnist-500", "bloodmnist-1000")
 MIN_PER_CLASS = 2
-_NAME = re.compile(r"^(?P<dataset>[a-z0-9_]+?)(?:-(?P<n>[0-9]+))?$")
+_NAME = re.compile(r"^(?P<dataset>[a-z0-9_]+?)(?:-(?P<n>[0-9]+)(?:v(?P<v>[0-9]+))?)?$")
 
 
 def parse_variant(name: str) -> tuple[str, int | None]:
     """``"bloodmnist-1000"`` -> ``("bloodmnist", 1000)``; ``"bloodmnist"`` -> ``("bloodmnist", None)`` (the whole file)."""
     m = _NAME.match(name)
     if m is None:
-        raise ValueError(f"variant {name!r}: expected <dataset> or <dataset>-<n_train>, e.g. pneumoniamnist-500")
+        raise ValueError(f"variant {name!r}: expected <dataset>, <dataset>-<n_train> or <dataset>-<n_train>v<n_val>, "
+                         "e.g. pneumoniamnist-500")
     return m["dataset"], (int(m["n"]) if m["n"] else None)
+
+
+def variant_val(name: str) -> int | None:
+    """The grown validation size a variant names (``"bloodmnist-90000v10000"`` -> 10000), else ``None``."""
+    parse_variant(name)
+    v = _NAME.match(name)["v"]
+    return int(v) if v else None
 
 
 def allocate(counts: np.ndarray, n: int, *, minimum: int = MIN_PER_CLASS) -> np.ndarray:
@@ -77,12 +87,14 @@ def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
     return np.sort(np.concatenate(keep))
 
 
-def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, val_ratio: float | None = None) -> dict:
+def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, val_ratio: float | None = None,
+        n_val: int | None = None) -> dict:
     """Write a stratified, seeded subset of the MedMNIST npz ``src_npz`` to ``dst_npz``; return its split sizes.
 
     Train: ``n_train`` images, stratified by class, at least 2 per class. Val: the same fraction of the
     original val split as train was cut to (``val_ratio`` overrides it), stratified, at least 2 per class.
-    Test: kept whole (the official split). The same seed gives the same images.
+    Test: kept whole (the official split). The same seed gives the same images. A grown train split
+    (``n_train`` above the original's) keeps val whole, or grows it to ``n_val`` alike.
 
     Example:
         >>> cut("../shared/datasets/pneumoniamnist.npz", "/tmp/p500/pneumoniamnist.npz", n_train=500, seed=0)
@@ -93,7 +105,9 @@ def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, va
     with np.load(src_npz) as z:
         y_train = z["train_labels"].reshape(len(z["train_labels"]), -1)[:, 0]
         if len(y_train) < n_train <= 8 * len(y_train):
-            return _grow(z, dst_npz, n_train=n_train, rng=rng)
+            return _grow(z, dst_npz, n_train=n_train, rng=rng, n_val=n_val)
+        if n_val is not None:
+            raise ValueError(f"a validation size (v{n_val}) is only grown with the train split; n_train {n_train} cuts it")
         if not 0 < n_train < len(y_train):
             raise ValueError(f"n_train must be in (0, {len(y_train)}) to cut or up to {8 * len(y_train)} to grow {src_npz}, got {n_train}")
         ratio = n_train / len(y_train) if val_ratio is None else val_ratio
@@ -118,21 +132,28 @@ def _dihedral(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
 
 
-def _grow(z, dst_npz: str | Path, *, n_train: int, rng: np.random.Generator) -> dict:
-    """Write a train split of ``n_train`` drawn from the 8 rotations/flips of ``z``'s train split; val, test whole."""
-    images, labels = z["train_images"], z["train_labels"]
-    pool_labels = np.concatenate([labels] * 8)
-    flat = pool_labels.reshape(len(pool_labels), -1)[:, 0]
-    keep = stratified_indices(flat, n_train, rng)
-    copy, index = np.divmod(keep, len(labels))
-    train = np.empty((n_train, *images.shape[1:]), dtype=images.dtype)
-    for k in range(8):
-        sel = copy == k
-        if sel.any():
-            train[sel] = _dihedral(images[index[sel]], k)
-    arrays = {"train_images": train, "train_labels": pool_labels[keep]}
-    for split in ("val", "test"):
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = z[f"{split}_images"], z[f"{split}_labels"]
+def _grow(z, dst_npz: str | Path, *, n_train: int, rng: np.random.Generator, n_val: int | None = None) -> dict:
+    """Write a train split of ``n_train`` drawn from the 8 rotations/flips of ``z``'s train split; val whole
+    (or grown to ``n_val`` alike), test whole."""
+    arrays = {}
+    for split, n in (("train", n_train), ("val", n_val)):
+        images, labels = z[f"{split}_images"], z[f"{split}_labels"]
+        if n is None or n == len(labels):
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+            continue
+        if not len(labels) < n <= 8 * len(labels):
+            raise ValueError(f"a grown {split} split must hold ({len(labels)}, {8 * len(labels)}] images, got {n}")
+        pool_labels = np.concatenate([labels] * 8)
+        flat = pool_labels.reshape(len(pool_labels), -1)[:, 0]
+        keep = stratified_indices(flat, n, rng)
+        copy, index = np.divmod(keep, len(labels))
+        grown = np.empty((n, *images.shape[1:]), dtype=images.dtype)
+        for k in range(8):
+            sel = copy == k
+            if sel.any():
+                grown[sel] = _dihedral(images[index[sel]], k)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = grown, pool_labels[keep]
+    arrays["test_images"], arrays["test_labels"] = z["test_images"], z["test_labels"]
     return _write(dst_npz, arrays)
 
 
@@ -171,11 +192,12 @@ def make_variants(root: str | Path, names=VARIANTS, *, src_dir: str | Path, seed
                 dst.symlink_to(src)
         else:
             stat = src.stat()
-            meta = {"src": str(src), "src_size": stat.st_size, "src_mtime": stat.st_mtime, "n_train": n_train, "seed": seed}
+            meta = {"src": str(src), "src_size": stat.st_size, "src_mtime": stat.st_mtime, "n_train": n_train, "seed": seed,
+                    "n_val": variant_val(name)}
             meta_file = folder / "cut.json"
             old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
             if not (dst.is_file() and old is not None and {k: old.get(k) for k in meta} == meta):
-                meta["sizes"] = cut(src, dst, n_train=n_train, seed=seed)
+                meta["sizes"] = cut(src, dst, n_train=n_train, seed=seed, n_val=meta["n_val"])
                 meta_file.write_text(json.dumps(meta, indent=2))
         out[name] = folder
     return out

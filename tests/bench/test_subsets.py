@@ -110,3 +110,19 @@ def test_a_size_above_the_train_split_grows_it_by_rotations_and_flips(npz, tmp_p
         got = [originals.get(img.tobytes()) for img in z["train_images"]]
         assert got == z["train_labels"][:, 0].tolist()
         assert len({img.tobytes() for img in z["train_images"]}) == 3000  # drawn without replacement
+
+
+def test_a_grown_variant_can_grow_its_validation_split_too(npz, tmp_path):
+    assert subsets.parse_variant("toymnist-3000v1000") == ("toymnist", 3000)
+    assert subsets.variant_val("toymnist-3000v1000") == 1000 and subsets.variant_val("toymnist-3000") is None
+    got = subsets.make_variants(tmp_path / "v", ["toymnist-3000v1000"], src_dir=npz.parent, seed=0)
+    with np.load(got["toymnist-3000v1000"] / "toymnist.npz") as z, np.load(npz) as src:
+        assert (len(z["train_labels"]), len(z["val_labels"]), len(z["test_labels"])) == (3000, 1000, 90)
+        assert np.bincount(z["val_labels"][:, 0]).tolist() == [800, 150, 50]  # stratified like the source's val
+        originals = {subsets._dihedral(img[None], k)[0].tobytes(): int(y)
+                     for img, y in zip(src["val_images"], src["val_labels"][:, 0]) for k in range(8)}
+        assert [originals.get(img.tobytes()) for img in z["val_images"]] == z["val_labels"][:, 0].tolist()
+    with pytest.raises(ValueError, match="only grown with the train split"):
+        subsets.cut(npz, tmp_path / "a.npz", n_train=500, seed=0, n_val=1000)
+    with pytest.raises(ValueError, match="grown val split must hold"):
+        subsets.cut(npz, tmp_path / "a.npz", n_train=3000, seed=0, n_val=5000)
