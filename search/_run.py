@@ -21,7 +21,7 @@ from trainables import DEADLINE_KEY, TUNE_KEY, ConfigError, TrainParams
 from ._bag import BAG_SHARE
 from ._params import Param
 from ._sections import SamplerConfig, SchedulerConfig
-from ._space import Space
+from ._space import Space, choice_values
 
 # Keys of ``data`` that hold paths: made absolute, because Tune runs each trial in its own folder.
 _DATA_PATH_KEYS = ("root", "labels_csv", "img_dir", "cache_dir")
@@ -55,10 +55,8 @@ class DefineByRun:
             if not p.active(values):
                 continue
             values[p.name] = suggest(trial, p)
-        out = dict(self.constants)
-        for name, table in getattr(self, "per_choice", {}).items():  # a searcher pickled before it has none
-            out.update(table.get(values.get(name), {}))
-        return out
+        # a searcher pickled before per_choice existed has none
+        return {**self.constants, **choice_values(getattr(self, "per_choice", {}), values)}
 
 
 def suggest(trial: Any, p: Param) -> Any:

@@ -39,6 +39,14 @@ from ._sections import (
 AUTO = "auto"
 
 
+
+def choice_values(per_choice: Mapping[str, Mapping[Any, Mapping[str, Any]]], values: Mapping[str, Any]) -> dict[str, Any]:
+    """What follows the choices in ``values`` (``Space.per_choice``): the entry of each value drawn."""
+    out: dict[str, Any] = {}
+    for name, table in per_choice.items():
+        out.update(table.get(values.get(name), {}))
+    return out
+
 @dataclass(frozen=True)
 class Space:
     """A validated space file."""
@@ -111,10 +119,7 @@ class Space:
             >>> space.follow_choices({"backbone": "resnet10t", "epoch_samples": 9000})["epoch_samples"]
             13400
         """
-        out = dict(values)
-        for name, table in self.per_choice.items():
-            out.update(table.get(out.get(name), {}))
-        return out
+        return {**values, **choice_values(self.per_choice, values)}
 
     def defaults(self) -> dict[str, Any]:
         """The flat training config of a standalone run: fixed values plus each parameter's default.
