@@ -74,9 +74,10 @@ def _logit_bias(model: dict[str, Any], *, origin: str) -> list[float] | None:
 
 
 def _member_input(model: dict[str, Any]) -> dict[str, Any]:
-    """How a member's input is made, from its ``model.json``: size, channels, normalisation, preprocessing."""
+    """How a member's input is made, from its ``model.json``: size, channels, normalisation, preprocessing, and the
+    test-time flips its logits are averaged over (``tta``)."""
     entry = MemberSpec.from_model_json(model).to_manifest()
-    return {k: entry[k] for k in ("image_size", "channels", "mean", "std", "preprocessing")}
+    return {k: entry[k] for k in ("image_size", "channels", "mean", "std", "preprocessing", "tta")}
 
 
 def _read_space(run_dir: Path) -> tuple[dict[str, Any], str | None]:
@@ -549,13 +550,25 @@ class Bundle:
 
     # -------------------------------------------------------- predict
 
-    def member_proba(self, images: Sequence[Any], *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
-        """Each member's probabilities, ``(n_members, N, K)``; with ``tta`` the mean over the image and its mirror."""
+    def member_proba(self, images: Sequence[Any], *, tta: bool | None = None, batch_size: int = 64) -> np.ndarray:
+        """Each member's probabilities, ``(n_members, N, K)``.
+
+        Args:
+            images: as ``predict_proba`` takes them.
+            tta: ``None`` (default): each member's logits averaged over the image and the flips it trained
+                with (its ``tta``), as its trial predicted the splits the ensemble was fitted on; ``False``:
+                the image alone; ``True``: the horizontal mirror too, for members that do not already have it.
+            batch_size: images per forward pass.
+        """
         import torch
+
+        from trainables import flip_average
 
         items = _as_list(images)
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ConfigError(f"must be an integer >= 1, got {batch_size!r}", field="batch_size")
+        if tta is not None and not isinstance(tta, (bool, np.bool_)):
+            raise ConfigError(f"must be true, false or None (each member's own flips), got {tta!r}", field="tta")
         k = len(self.class_names)
         out = np.zeros((len(self.models), len(items), k), dtype=np.float64)
         groups: dict[str, list[int]] = {}
@@ -569,14 +582,22 @@ class Bundle:
             for idx in groups.values():
                 prepared = prepare_batch(decoded, self.specs[idx[0]])
                 for i in idx:
+                    flips = self.flips(i, tta)
                     for b0 in range(0, len(decoded), batch_size):
                         x = self.model_input(prepared[b0 : b0 + batch_size], i)
                         with torch.inference_mode():
-                            p = self._probs(self.models[i](x), i)
-                            if tta:
-                                p = (p + self._probs(self.models[i](torch.flip(x, dims=[3])), i)) / 2.0
+                            p = self._probs(flip_average(self.models[i], x, flips), i)
                         out[i, c0 + b0 : c0 + b0 + len(x)] = p.double().cpu().numpy()
         return out
+
+    def flips(self, member: int, tta: bool | None = None) -> tuple[str, ...]:
+        """The flips member ``member``'s logits are averaged over for ``tta`` (see ``member_proba``)."""
+        own = self.specs[member].tta
+        if tta is None:
+            return own
+        if not tta:
+            return ()
+        return own if "hflip" in own else ("hflip", *own)
 
     def _probs(self, logits, member: int):
         """Member ``member``'s probabilities from its logits: its ``logit_bias`` added first, when it has one."""
@@ -588,13 +609,14 @@ class Bundle:
             logits = logits + torch.tensor(bias, dtype=torch.float32, device=logits.device)
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)
 
-    def predict_proba(self, images: Sequence[Any], *, tta: bool = False, batch_size: int = 64) -> np.ndarray:
+    def predict_proba(self, images: Sequence[Any], *, tta: bool | None = None, batch_size: int = 64) -> np.ndarray:
         """Ensemble probabilities ``(N, K)`` of a list of images.
 
         Args:
             images: arrays ``(H, W)`` or ``(H, W, C)`` (uint8 or uint16; 16-bit is windowed per image as
                 in training) or image file paths; a 4-D array counts as a list of images.
-            tta: also predict the horizontally mirrored image and average the two (per member).
+            tta: ``None`` (default): each member averages over the flips it trained with, as the ensemble was
+                fitted; ``False``: the image alone; ``True``: the horizontal mirror too (see ``member_proba``).
             batch_size: images per forward pass.
         """
         items = _as_list(images)
@@ -602,7 +624,7 @@ class Bundle:
             return np.zeros((0, len(self.class_names)))
         return self.combiner.predict_proba(self.member_proba(items, tta=tta, batch_size=batch_size))
 
-    def predict(self, images: Sequence[Any], *, tta: bool = False, batch_size: int = 64) -> list[str]:
+    def predict(self, images: Sequence[Any], *, tta: bool | None = None, batch_size: int = 64) -> list[str]:
         """The predicted class name per image (binary: at the bundle's threshold); multi-label: the labels above 0.5 joined with ``;``."""
         return self.labels_of(self.predict_proba(images, tta=tta, batch_size=batch_size))
 

@@ -316,8 +316,14 @@ def model_card(manifest: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     for m in members:
         vm = m.get("val_metric") or {}
         rows.append([f"`{m.get('trial_id')}`", m.get("backbone"), m.get("head"), _f(vm.get("value")), _f(m.get("best_epoch")),
-                     "yes" if m.get("logit_bias") is not None else "no", _f(metrics.get(f"test.members.{m.get('trial_id')}.auroc"))])
-    L += _table(["member", "backbone", "head", val_metric, "best epoch", "logit bias", "test auroc"], rows)
+                     "yes" if m.get("logit_bias") is not None else "no", "+".join(m.get("tta") or []) or "none",
+                     _f(metrics.get(f"test.members.{m.get('trial_id')}.auroc"))])
+    L += _table(["member", "backbone", "head", val_metric, "best epoch", "logit bias", "test-time flips", "test auroc"], rows)
+    if any(m.get("tta") for m in members):
+        L.append("")
+        L.append("A member with test-time flips predicts the mean of its logits over the image and those mirrors of it (the flips "
+                 "it trained with); its validation and test predictions above were made that way, and so are the bundle's and "
+                 "the ONNX graph's.")
     weights = comb.get("member_weights")
     L += ["", f"Combiner: **{comb.get('name')}** {_compact(comb.get('settings') or {})}, chosen among "
           f"{', '.join((comb.get('state') or {}).get('options', {}).get('combiners', []) or ['?'])} by "

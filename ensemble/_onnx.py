@@ -194,6 +194,8 @@ def _graph_module(bundle: Any) -> Any:
     """The whole ensemble as one module: uint8 ``(N, H, W, C)`` -> probabilities (float32) [, decision (int64)]."""
     import torch
 
+    from trainables import flip_average
+
     class Ensemble(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -201,6 +203,8 @@ def _graph_module(bundle: Any) -> Any:
             self.members = torch.nn.ModuleList(copy.deepcopy(m).float().cpu().eval() for m in bundle.models)
             self.multilabel = bundle.multilabel
             self.has_bias = []
+            # Each member's test-time flips (its spec's tta), unrolled into the graph as Bundle.member_proba runs them.
+            self.flips = [tuple(spec.get("tta") or ()) for spec in bundle.members]
             for i, spec in enumerate(bundle.members):
                 # Bundle.model_input's arithmetic, float32 constants computed the same way
                 scale, shift = normalization(spec["mean"], spec["std"])
@@ -217,7 +221,7 @@ def _graph_module(bundle: Any) -> Any:
             x = images.permute(0, 3, 1, 2).float()
             probs = []
             for i, model in enumerate(self.members):
-                logits = model(x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")).float()
+                logits = flip_average(model, x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}"), self.flips[i]).float()
                 if self.has_bias[i]:
                     logits = logits + getattr(self, f"bias{i}")
                 p = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, 1)

@@ -1,4 +1,4 @@
-"""Predict with an ensemble bundle: ``python -m ensemble.predict BUNDLE INPUT... [--out predictions.csv] [--tta]``.
+"""Predict with an ensemble bundle: ``python -m ensemble.predict BUNDLE INPUT... [--out predictions.csv] [--tta | --no-tta]``.
 
 INPUT: image files, folders (searched recursively for image files) or a CSV with a ``path`` column
 (relative paths are taken from the CSV's folder). One row per image: ``path``, ``prob_<class>``...,
@@ -54,7 +54,7 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[str]:
     return out
 
 
-def predict_files(bundle, paths: Sequence[str], *, tta: bool = False, batch_size: int = 64):
+def predict_files(bundle, paths: Sequence[str], *, tta: bool | None = None, batch_size: int = 64):
     """A frame with one row per path: ``path``, ``prob_<class>``..., ``predicted``."""
     import pandas as pd
 
@@ -77,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("bundle", help="an ensemble bundle folder, e.g. runs/cxr/ensemble")
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, or CSV files with a `path` column")
     parser.add_argument("--out", default=None, help="write the rows to this CSV (default: print them)")
-    parser.add_argument("--tta", action="store_true", help="average each member over the image and its horizontal mirror")
+    views = parser.add_mutually_exclusive_group()
+    views.add_argument("--tta", dest="tta", action="store_const", const=True, default=None,
+                       help="add the horizontal mirror for members that do not already average over it "
+                            "(by default each member averages over the flips it trained with, as the ensemble was fitted)")
+    views.add_argument("--no-tta", dest="tta", action="store_const", const=False, help="predict the image alone")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the members run (default auto)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

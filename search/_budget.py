@@ -330,7 +330,7 @@ def size_space(
     """
     import torch
 
-    from trainables import TrainParams, measure_speed
+    from trainables import Speed, TrainParams, build_augment, flip_views, measure_speed, trained_flips
 
     def value(name: str, default: Any) -> Any:
         if name in space.fixed:
@@ -343,6 +343,12 @@ def size_space(
     batch_size = int(value("batch_size", TrainParams.batch_size))
     threads = int(space.fixed.get("threads") or max(1, int(space.search.resources.cpu)))
     device = "cuda" if space.search.resources.gpu > 0 and torch.cuda.is_available() else "cpu"
+    # Validation and test are predicted once per test-time view (the default trial's flips; see TrainParams.tta).
+    views = 1
+    if value("tta", TrainParams.tta):
+        aug = build_augment(str(value("augment", TrainParams.augment)), image_size=int(dataset.image_size),
+                            hflip=value("hflip", None), vflip=value("vflip", None))
+        views = len(flip_views(trained_flips(aug)))
     speeds = []
     measured = backbones[:4]  # a handful is enough for a mean; each takes about a second
     for backbone in measured:
@@ -351,10 +357,11 @@ def size_space(
             num_classes=int(dataset.num_classes), batch_size=batch_size, threads=threads,
             head=str(value("head", "linear")), device=device,
         )
-        speeds.append(s)
+        speeds.append(Speed(train_s=s.train_s, eval_s=s.eval_s * views))
         if echo is not None:
             echo(f"[medsweep] speed of {backbone} at {dataset.image_size}px on {threads} thread(s): "
-                 f"{1 / s.train_s:.0f} training images/s, {1 / s.eval_s:.0f} evaluated/s")
+                 f"{1 / s.train_s:.0f} training images/s, {1 / s.eval_s:.0f} evaluated/s"
+                 + (f" ({views} test-time views each)" if views > 1 else ""))
     splits = dataset.splits
 
     def size(chosen: list[Any]) -> Sizing:

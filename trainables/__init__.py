@@ -19,6 +19,7 @@ from ._probe import Speed, measure_speed
 from ._dicom import DicomSource
 from ._sources import IMAGE_EXTENSIONS, SOURCES, CSVSource, FolderSource, MedMNISTSource, Source, create_source, read_image_file
 from ._volumes import NiftiSource
+from ._tta import TTA_FLIPS, flip_average, flip_views, trained_flips
 from ._train import Trainer, TrainingDiverged, drop_resume_state, predictions_frame, train
 from ._params import DEADLINE_KEY, TUNE_KEY
 
@@ -53,6 +54,7 @@ __all__ = [
     "PRIOR_CORRECTIONS",
     "SCHEDULERS",
     "Speed",
+    "TTA_FLIPS",
     "TrainParams",
     "Trainer",
     "TrainingDiverged",
@@ -71,6 +73,8 @@ __all__ = [
     "create_source",
     "did_you_mean",
     "drop_resume_state",
+    "flip_average",
+    "flip_views",
     "list_losses",
     "load_dataset",
     "measure_speed",
@@ -84,4 +88,5 @@ __all__ = [
     "read_image_file",
     "register_loss",
     "train",
+    "trained_flips",
 ]

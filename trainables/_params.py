@@ -47,6 +47,10 @@ class TrainParams:
             (the validation split's) or ``none`` (as trained).
         ema: evaluate and keep an exponential moving average of the weights (timm's ``ModelEmaV3``).
         ema_decay: the average's decay per optimizer step (with timm's warm-up for short runs).
+        tta: predict validation and test as the mean logits over the image and the flips the training
+            augmentation applies (every level but ``none`` flips horizontally; ``vflip`` adds the vertical
+            flip); the member keeps its flips (``tta`` in ``model.json``), so the bundle and its ONNX graph
+            predict the same way. ``false``: the image alone.
         cv_folds: ``0`` trains on the train split and validates on val; ``k >= 2`` merges the two, cuts
             them into ``k`` folds (grouped by patient, stratified, the same folds for every config) and
             holds fold ``cv_fold`` out. The held-out fold's predictions are then the last epoch's (no
@@ -77,6 +81,7 @@ class TrainParams:
     prior_correction: str = "train"
     ema: bool = False
     ema_decay: float = 0.999
+    tta: bool = True
     cv_folds: int = 0
     cv_fold: int = 0
     # losses

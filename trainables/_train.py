@@ -20,6 +20,7 @@ from ._errors import ConfigError
 from ._groups import pooled_metrics
 from ._metrics import compute_metrics
 from ._params import DEADLINE_KEY, TUNE_KEY, TrainParams
+from ._tta import flip_average, trained_flips
 from ._sampling import SAMPLER, sample_weights, train_order  # noqa: F401 - sample_weights: its old home
 
 # The files a trial leaves are the artifact contract's (trainables.artifacts).
@@ -152,6 +153,8 @@ class _Run:
             brightness_contrast=p.brightness_contrast, distortion=p.distortion, noise=p.noise, blur=p.blur,
             coarse_dropout=p.coarse_dropout, seed=p.seed,
         )
+        # The flips it trains with are the ones it is asked to be blind to: validation and test average over them.
+        self.tta = trained_flips(self.augment) if p.tta else ()
         self.ast = (
             ASTController(activation_rate=p.activation_rate, loss_weight=p.ast_loss_weight, min_share=p.ast_min_share,
                           kp=p.ast_kp, ki=p.ast_ki)
@@ -380,14 +383,14 @@ class _Run:
         return row
 
     def predict(self, split: str) -> tuple[np.ndarray, float]:
-        """Probabilities and mean loss of ``split`` with the current weights."""
+        """Probabilities and mean loss of ``split`` with the current weights (logits averaged over ``self.tta``'s flips)."""
         torch = self.torch
         model = self.eval_model
         model.eval()
         probs, total = [], 0.0
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             for images, labels in self._batches(split, shuffle=False, batch_size=self.p.eval_batch_size):
-                logits = model(self._to_input(images)).float()
+                logits = flip_average(model, self._to_input(images), self.tta).float()
                 if self.logit_bias is not None:
                     logits = logits + self.logit_bias
                 total += float(self._eval_loss(logits, self._target(labels))) * len(labels)
@@ -515,6 +518,7 @@ class _Run:
             class_names=tuple(self.ds.class_names),
             # Added to the logits before softmax/sigmoid wherever the weights are used (the bundle too).
             logit_bias=tuple(self.logit_bias.view(-1).tolist()) if self.logit_bias is not None else None,
+            tta=self.tta,
         )
         return {
             **spec.to_model_json(),

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ConfigError
+from ._tta import TTA_FLIPS
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -112,6 +113,9 @@ class MemberSpec:
     logit_bias: tuple[float, ...] | None = None
     # A bag (the ensemble step's refit on k folds): ``folds`` models of this architecture whose logits are averaged.
     folds: int = 1
+    # Test-time flips (``trainables.TTA_FLIPS``): the logits are the mean over the image and these mirrors of it,
+    # the ones the trial trained with; empty: the image alone.
+    tta: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # A mapping field of a frozen class: stored as a plain dict of exactly the known steps.
@@ -122,6 +126,9 @@ class MemberSpec:
             raise ValueError(f"logit_bias must hold {self.num_classes} finite numbers (one per class), got {list(self.logit_bias)}")
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 1:
             raise ValueError(f"folds must be an integer >= 1, got {self.folds!r}")
+        object.__setattr__(self, "tta", tuple(str(f) for f in (self.tta or ())))
+        if any(f not in TTA_FLIPS for f in self.tta) or len(set(self.tta)) != len(self.tta):
+            raise ValueError(f"tta must list distinct flips of {', '.join(TTA_FLIPS)}, got {list(self.tta)}")
 
     @property
     def preprocess(self) -> dict[str, bool]:
@@ -153,6 +160,7 @@ class MemberSpec:
                 class_names=tuple(str(c) for c in info["class_names"]) if info.get("class_names") is not None else None,
                 logit_bias=_floats(info.get("logit_bias")),
                 folds=int(info.get("folds") or 1),
+                tta=_names(info.get("tta")),
             )
         except (KeyError, TypeError) as exc:
             raise ConfigError(f"lacks or mistypes {exc}; rerun the trial", origin=origin) from None
@@ -173,6 +181,7 @@ class MemberSpec:
             "head": self.head,
             "logit_bias": list(self.logit_bias) if self.logit_bias is not None else None,
             **({"folds": self.folds} if self.folds > 1 else {}),
+            "tta": list(self.tta),
         }
 
     # -------------------------------------------------------- a bundle's manifest
@@ -193,6 +202,7 @@ class MemberSpec:
             class_names=tuple(str(c) for c in class_names) if class_names is not None else None,
             logit_bias=_floats(entry.get("logit_bias")),
             folds=int(entry.get("folds") or 1),
+            tta=_names(entry.get("tta")),
         )
 
     def to_manifest(self) -> dict[str, Any]:
@@ -208,7 +218,17 @@ class MemberSpec:
             "preprocessing": dict(self.preprocessing),
             "logit_bias": list(self.logit_bias) if self.logit_bias is not None else None,
             **({"folds": self.folds} if self.folds > 1 else {}),
+            "tta": list(self.tta),
         }
+
+
+def _names(values: Any) -> tuple[str, ...]:
+    # A list of flip names; older model.json and manifests have none (their members predict the image alone).
+    if values is None:
+        return ()
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise TypeError(f"'tta' must be a list of flip names, got {values!r}")
+    return tuple(str(v) for v in values)
 
 
 def _floats(values: Any) -> tuple[float, ...] | None:

@@ -168,14 +168,27 @@ def test_a_fresh_process_reproduces_the_stored_test_probabilities(sweep):
     assert result["from_files"] < 1e-5  # the PNGs go through the cache's own decoding and resizing
 
 
-def test_tta_averages_each_member_over_the_image_and_its_mirror(sweep):
+def test_members_average_their_logits_over_the_flips_they_trained_with(sweep):
+    import torch
+
     b = load(sweep.bundle, device="cpu")
+    assert all(spec.tta == ("hflip",) for spec in b.specs)  # smoke.yaml trains with horizontal flips
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (32, 32), dtype=np.uint8) for _ in range(3)]
-    plain = b.member_proba(images)
-    mirrored = b.member_proba([img[:, ::-1] for img in images])
-    assert np.allclose(b.member_proba(images, tta=True), (plain + mirrored) / 2, atol=1e-6)
-    assert np.allclose(b.predict_proba(images, tta=True), b.combiner.predict_proba((plain + mirrored) / 2), atol=1e-6)
+    mirrored = [img[:, ::-1] for img in images]
+    own = b.member_proba(images)
+    # Averaged over the image and its mirror, a member cannot tell the two apart; alone, it can.
+    assert np.allclose(b.member_proba(mirrored), own, atol=1e-6)
+    plain = b.member_proba(images, tta=False)
+    assert not np.allclose(b.member_proba(mirrored, tta=False), plain, atol=1e-4)
+    for i, model in enumerate(b.models):
+        x = b.model_input(b.prepare(images, i), i)
+        with torch.inference_mode():
+            logits = (model(x) + model(torch.flip(x, dims=[3]))) / 2  # the mean of logits, not of probabilities
+        assert np.allclose(own[i], torch.softmax(logits, 1).numpy(), atol=1e-6)
+    assert np.allclose(b.member_proba(images, tta=True), own, atol=1e-6)  # the mirror is already one of their views
+    assert np.allclose(b.predict_proba(images), b.combiner.predict_proba(own), atol=1e-6)
+    assert np.allclose(b.predict_proba(images, tta=False), b.combiner.predict_proba(plain), atol=1e-6)
 
 
 def test_inputs_of_other_depths_sizes_and_channels_are_converted_as_in_training(sweep):

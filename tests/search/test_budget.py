@@ -217,7 +217,8 @@ def _trial_s(sizing, backbone: str, n_val: int, n_test: int) -> float:
     """A full-length trial's seconds for one backbone, as the sizing estimates them."""
     from search._budget import _EPOCH_FIXED_S, _TRAIN_OVERHEAD
 
-    train_s, eval_s = 1 / _MEASURED[backbone], 0.2 / _MEASURED[backbone]
+    # Two test-time views (the image and its mirror) per evaluated image: the default trial's (TrainParams.tta).
+    train_s, eval_s = 1 / _MEASURED[backbone], 2 * 0.2 / _MEASURED[backbone]
     samples = sizing.samples_for(backbone) or sizing.n_train
     return sizing.epochs * (samples * train_s * _TRAIN_OVERHEAD + (n_val + 0.5 * n_test) * eval_s + _EPOCH_FIXED_S)
 
@@ -232,12 +233,13 @@ def test_a_large_set_gets_rounds_of_equal_time_so_a_slower_backbone_still_ends(m
     assert set(rounds) == {"resnet18", "resnet10t"}  # resnet34 is left out; the kept ones are sized apart
     assert rounds["resnet10t"] > 1.5 * rounds["resnet18"]
     # With the mean speed a full-length resnet18 trial would outlast the budget's wall time (800 s); each
-    # backbone's own rounds end it within the share, and the faster backbone trains more images than the mean.
+    # backbone's own rounds end it within the share, and the faster backbone trains more images than the mean would.
     mean = dataclasses.replace(sizing, round_samples=())
     assert _trial_s(mean, "resnet18", n_train // 7, n_train // 3) > 800
     for backbone in rounds:
         assert 0.95 * EQUAL_TIME_SHARE * 800 < _trial_s(sizing, backbone, n_train // 7, n_train // 3) <= EQUAL_TIME_SHARE * 800 * 1.01
-    assert rounds["resnet10t"] > (sizing.epoch_samples or n_train)
+    # (The mean's round, cut to the same share of the trial's budget.)
+    assert rounds["resnet10t"] > EQUAL_TIME_SHARE * (sizing.epoch_samples or n_train)
     assert "rounds of equal time" in sizing.describe() and f"resnet10t {rounds['resnet10t']}" in sizing.describe()
 
 
@@ -273,3 +275,19 @@ def test_a_small_set_keeps_one_round_length_for_every_backbone(monkeypatch, tmp_
     assert sizing.full_trials == FULL_TRIALS and sizing.round_samples == ()
     assert space.with_sizing(sizing).per_choice == {}
     assert _trial_s(sizing, "resnet34", 1000 // 7, 1000 // 3) < 800
+
+
+def test_test_time_views_are_counted_in_the_evaluation_cost(monkeypatch, tmp_path):
+    # The default trial averages over the image and its mirror (TrainParams.tta): two forward passes per
+    # validation and test image, which a round's estimate has to pay for.
+    _, flipped, lines = _sized(monkeypatch, tmp_path, 1000)
+    assert any("(2 test-time views each)" in line for line in lines)
+    (tmp_path / "s.yaml").write_text("data: {source: medmnist, dataset: bloodmnist}\nfixed: {tta: false}\n")
+    import types
+
+    space = load_space(tmp_path / "s.yaml")
+    data = types.SimpleNamespace(splits={"train": range(1000), "val": range(1000 // 7), "test": range(1000 // 3)},
+                                 image_size=28, channels=3, num_classes=8)
+    alone = size_space(space, data, budget_s=800, concurrency=2)
+    assert flipped.epoch_seconds > alone.epoch_seconds
+    assert flipped.epochs <= alone.epochs

@@ -40,13 +40,20 @@ def test_model_json_round_trip_and_old_files(tmp_path):
     assert again == spec
     entry = spec.to_manifest()
     assert MemberSpec.from_manifest(entry, task="binary", class_names=["normal", "pneumonia"]) == spec
-    assert set(entry) == {"backbone", "head", "num_classes", "image_size", "channels", "mean", "std", "preprocessing", "logit_bias"}
+    assert set(entry) == {"backbone", "head", "num_classes", "image_size", "channels", "mean", "std", "preprocessing", "logit_bias", "tta"}
+    assert spec.tta == () and entry["tta"] == []  # written before test-time flips: the image alone, as it was stacked
+    flipped = MemberSpec.from_model_json({**OLD_MODEL_JSON, "tta": ["hflip", "vflip"]})
+    assert flipped.tta == ("hflip", "vflip")
+    assert MemberSpec.from_manifest(flipped.to_manifest(), task="binary", class_names=["normal", "pneumonia"]) == flipped
 
 
 @pytest.mark.parametrize("change, match", [
     ({"mean": [0.5, 0.5]}, r"mean and std must hold 1 numbers"),
     ({"logit_bias": [0.1]}, r"logit_bias must hold 2 finite numbers"),
     ({"logit_bias": [0.1, float("nan")]}, r"logit_bias must hold 2 finite numbers"),
+    ({"tta": ["rot90"]}, r"tta must list distinct flips of hflip, vflip, got \['rot90'\]"),
+    ({"tta": ["hflip", "hflip"]}, r"tta must list distinct flips"),
+    ({"tta": "hflip"}, r"mistypes .*tta.* must be a list of flip names"),
 ])
 def test_a_spec_that_does_not_fit_itself_is_refused(change, match):
     with pytest.raises(ConfigError, match=match):

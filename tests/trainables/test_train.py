@@ -215,3 +215,39 @@ def test_bad_fold_settings_fail_with_one_line(tiny_data, tmp_path, folds, fold, 
     with pytest.raises(ConfigError, match=match) as info:
         train({**TINY, "epochs": 1, "cv_folds": folds, "cv_fold": fold, "data": tiny_data, "_out_dir": str(tmp_path)})
     assert "\n" not in str(info.value)
+
+
+
+@pytest.mark.parametrize("params, flips, views", [
+    ({"augment": "simple"}, ["hflip"], [[], [3]]),
+    ({"augment": "simple", "vflip": True}, ["hflip", "vflip"], [[], [3], [2], [3, 2]]),
+    ({"augment": "simple", "tta": False}, [], [[]]),
+    ({"augment": "none"}, [], [[]]),
+])
+def test_predictions_average_the_logits_over_the_flips_the_trial_trained_with(tiny_data, tmp_path, params, flips, views):
+    """The written probabilities are softmax(mean logits over the image and its trained flips), and model.json says which."""
+    from trainables import build_member, load_dataset
+    from trainables._cache import DataConfig
+    from trainables.artifacts import MemberSpec, normalization, read_model_json
+
+    out = tmp_path / "run"
+    train({**TINY, "epochs": 1, "data": tiny_data, "_out_dir": str(out), **params})
+    info = read_model_json(out)
+    assert info["tta"] == flips
+    spec = MemberSpec.from_model_json(info)
+    model = build_member(spec)
+    model.load_state_dict(load_file(out / BEST_WEIGHTS))
+    model.eval()
+    # The cache holds the test split at the trial's size, in the order the predictions were written.
+    test = load_dataset(DataConfig.from_dict(tiny_data), image_size=32, verbose=False).splits["test"]
+    scale, shift = normalization(spec.mean, spec.std)
+    x = torch.from_numpy(np.array(test.images)).permute(0, 3, 1, 2).float() * scale + shift
+    with torch.inference_mode():
+        expected = torch.softmax(torch.stack([model(torch.flip(x, d) if d else x) for d in views]).mean(0), 1).numpy()
+        plain = torch.softmax(model(x), 1).numpy()
+    frame = pd.read_parquet(out / "predictions_test.parquet")
+    assert list(frame["sample_id"]) == list(test.ids)
+    got = frame[["prob_normal", "prob_pneumonia"]].to_numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    if len(views) > 1:  # the views change what it predicts, or the check above would pass for the image alone too
+        assert np.abs(got - plain).max() > 1e-4
