@@ -403,8 +403,12 @@ def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, 
     addition gives the best ``metric`` of the averaged validation probabilities, log loss breaking ties
     (AUROC saturates on small validation splits). The selection ends at the first step that neither
     raises the primary metric by more than ``_STOP_DROP`` nor keeps it within ``_STOP_DROP`` while
-    lowering the log loss: averaging in a weaker model is not free.
+    lowering the log loss: averaging in a weaker model is not free. The log loss is taken after a fitted
+    temperature (``tempered_log_loss``), as the ensemble step calibrates the average: raw, it had kept
+    out a member trained with label smoothing whose softer probabilities raised it although the pair
+    ranked the validation images better (full BloodMNIST, bench/RESULTS.md).
     """
+    from ._calibration import tempered_log_loss
     from ._metrics import LOWER_IS_BETTER, score
 
     sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
@@ -412,7 +416,7 @@ def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, 
     def quality(total: np.ndarray, n: int) -> tuple[float, float]:
         probs = total / n
         primary = score(probs, y, task=task, metric=metric)
-        loss = score(probs, y, task=task, metric="log_loss")
+        loss = tempered_log_loss(probs, y, task)
         return (-math.inf if math.isnan(primary) else sign * primary, -loss if not math.isnan(loss) else -math.inf)
 
     picked = [0]

@@ -196,3 +196,25 @@ def test_a_trial_stopped_before_its_first_result_is_passed_over(sweep, tmp_path)
     pd.concat([board, ghost], ignore_index=True).to_parquet(run / "leaderboard.parquet", index=False)
     sel = select_members(run, top_k=2, selection="top_k")
     assert "ghost000" not in [m.trial_id for m in sel.members] and len(sel.members) == 2
+
+
+def test_greedy_selection_takes_a_good_member_whose_probabilities_are_only_softer():
+    from ensemble._metrics import score
+    from ensemble._select import _forward_select
+
+    # Two members of equal skill with their own errors; the second was trained with label smoothing, so its
+    # probabilities are squeezed toward 0.5. The raw average is less sure of the right class than the first
+    # member alone (raw log loss up) though it ranks better; the ensemble step calibrates the average with a
+    # temperature, and after it the pair is better: the second member joins.
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 1000)
+    def probs(z):
+        p = 1 / (1 + np.exp(-z))
+        return np.stack([1 - p, p], 1)
+    sharp = probs(6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000))
+    soft = probs(0.25 * (6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000)))
+    both = (sharp + soft) / 2
+    assert score(both, y, task="binary", metric="auroc") > score(sharp, y, task="binary", metric="auroc")
+    assert score(both, y, task="binary", metric="log_loss") > score(sharp, y, task="binary", metric="log_loss")
+    chosen, _ = _forward_select([_member("sharp", sharp), _member("soft", soft)], y, task="binary", k=5, metric="auroc")
+    assert [m.trial_id for m in chosen] == ["sharp", "soft"]
