@@ -218,3 +218,31 @@ def test_greedy_selection_takes_a_good_member_whose_probabilities_are_only_softe
     assert score(both, y, task="binary", metric="log_loss") > score(sharp, y, task="binary", metric="log_loss")
     chosen, _ = _forward_select([_member("sharp", sharp), _member("soft", soft)], y, task="binary", k=5, metric="auroc")
     assert [m.trial_id for m in chosen] == ["sharp", "soft"]
+
+
+def _row(tid: str, epochs: int, max_epochs: int = 13) -> dict:
+    return {"trial_id": tid, "epochs": epochs, "max_epochs": max_epochs}
+
+
+@pytest.mark.parametrize("ranked, mode, start", [
+    # The leader stopped at epoch 4 of 13 and leads a finished trial by 0.0001: start from the finished one.
+    ([(_row("pruned", 4), 0.9959), (_row("done", 13), 0.9958), (_row("mid", 7), 0.9957)], "max", 1),
+    # Among the trials within the noise, the one that trained the most of its schedule, then the better score.
+    ([(_row("pruned", 4), 0.9959), (_row("mid", 7), 0.9958), (_row("late", 12), 0.9900)], "max", 2),
+    # A finished trial further below than the noise (0.01) does not displace the leader.
+    ([(_row("pruned", 4), 0.9959), (_row("done", 13), 0.9800)], "max", 0),
+    # The leader finished: it stays, whatever else is near.
+    ([(_row("done", 13), 0.9959), (_row("also", 13), 0.9958)], "max", 0),
+    # A loss (lower is better, unbounded) has no noise band in these units: the leader stays.
+    ([(_row("pruned", 4), 0.20), (_row("done", 13), 0.21)], "min", 0),
+])
+def test_greedy_selection_starts_from_the_trial_that_trained_its_schedule_when_the_leader_is_within_noise(ranked, mode, start):
+    from ensemble._select import _greedy_start
+
+    got, note = _greedy_start(ranked, mode=mode)
+    assert got == start
+    if start:
+        assert note.startswith(f"greedy selection starts from trial {ranked[start][0]['trial_id']} (#{start + 1}")
+        assert "stopped at epoch 4/13" in note
+    else:
+        assert note == ""
