@@ -404,10 +404,10 @@ def select_members(
 def _greedy_start(ranked: list[tuple[Mapping[str, Any], float]], *, mode: str) -> tuple[int, str]:
     """Where forward selection starts: the index in ``ranked`` (best first by the sweep metric) and a note.
 
-    The best trial, unless it stopped short of its schedule (ASHA pruned it, or the deadline) and a trial
-    that trained more of it scores within ``_STOP_DROP`` (the noise of a small or saturated validation
-    split): then the one that trained the most of its schedule, best score first among equals. A pruned
-    trial's best epoch comes from the middle of its learning-rate schedule, and a validation split that
+    The best trial, unless it stopped before half its schedule (ASHA pruned it at an early rung) and a
+    trial that trained more of it scores within ``_STOP_DROP`` (the noise of a small or saturated validation
+    split): then the one that trained the most of its schedule, best score first among equals. Such a
+    trial's best epoch comes from early in its learning-rate schedule, and a validation split that
     cannot tell the two apart cannot tell which generalizes; on full PneumoniaMNIST a resnet34 pruned at
     epoch 4 of 13 led the validation AUROC by 0.0001 and scored 0.921 test AUROC, the finished trial
     beside it 0.966 (bench/RESULTS.md, 2026-12-06). Only for a score in [0, 1] where higher is better
@@ -419,6 +419,8 @@ def _greedy_start(ranked: list[tuple[Mapping[str, Any], float]], *, mode: str) -
         return min(1.0, epochs / most) if most > 0 and not math.isnan(epochs) else 0.0
 
     if mode != "max" or not ranked or math.isnan(ranked[0][1]) or not all(0.0 <= b <= 1.0 for _, b in ranked if not math.isnan(b)):
+        return 0, ""
+    if done(ranked[0][0]) >= 0.5:  # most of its schedule behind it (the deadline cut it a round or two early)
         return 0, ""
     top = ranked[0][1]
     near = [i for i, (_, b) in enumerate(ranked) if not math.isnan(b) and b >= top - _STOP_DROP]

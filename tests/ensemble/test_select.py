@@ -231,6 +231,8 @@ def _row(tid: str, epochs: int, max_epochs: int = 13) -> dict:
     ([(_row("pruned", 4), 0.9959), (_row("mid", 7), 0.9958), (_row("late", 12), 0.9900)], "max", 2),
     # A finished trial further below than the noise (0.01) does not displace the leader.
     ([(_row("pruned", 4), 0.9959), (_row("done", 13), 0.9800)], "max", 0),
+    # The leader ran most of its schedule (the deadline cut it): it stays.
+    ([(_row("cut", 9), 0.9959), (_row("done", 13), 0.9958)], "max", 0),
     # The leader finished: it stays, whatever else is near.
     ([(_row("done", 13), 0.9959), (_row("also", 13), 0.9958)], "max", 0),
     # A loss (lower is better, unbounded) has no noise band in these units: the leader stays.
