@@ -61,6 +61,12 @@ def test_max_per_backbone_caps_the_members(sweep):
         assert len(select_members(sweep.run_dir, top_k=2, max_per_backbone=1).members) == 1
 
 
+def _binary_probs(z: np.ndarray) -> np.ndarray:
+    """Two-class probabilities from logits ``z`` of the positive class."""
+    p = 1 / (1 + np.exp(-z))
+    return np.stack([1 - p, p], 1)
+
+
 def _member(tid: str, val: np.ndarray):
     from ensemble import Member
 
@@ -75,17 +81,14 @@ def test_greedy_selection_passes_over_a_copy_of_a_member_for_one_that_errs_elsew
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 400)
     signal = 1.5 * (2 * y - 1)
-    def probs(z):
-        p = 1 / (1 + np.exp(-z))
-        return np.stack([1 - p, p], 1)
-    a = probs(signal + rng.normal(0, 2.0, 400))
-    c = probs(signal + rng.normal(0, 2.3, 400))
+    a = _binary_probs(signal + rng.normal(0, 2.0, 400))
+    c = _binary_probs(signal + rng.normal(0, 2.3, 400))
     members = [_member("a", a), _member("copy", a.copy()), _member("c", c)]
     chosen, note = _forward_select(members, y, task="binary", k=2, metric="auroc")
     assert [m.trial_id for m in chosen] == ["a", "c"]
     assert "greedy selection over the 3 best trials picked 2: a (#1), c (#3)" in note
     # A clearly worse member is not averaged in.
-    bad = probs(-signal + rng.normal(0, 1.0, 400))
+    bad = _binary_probs(-signal + rng.normal(0, 1.0, 400))
     chosen, _ = _forward_select([_member("a", a), _member("bad", bad)], y, task="binary", k=2, metric="auroc")
     assert [m.trial_id for m in chosen] == ["a"]
 
@@ -98,11 +101,8 @@ def test_greedy_selection_leaves_out_a_weak_member_that_a_saturated_auroc_does_n
     # leaves the AUROC about where it was but raises the log loss, so it must stay out.
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 70)
-    def probs(z):
-        p = 1 / (1 + np.exp(-z))
-        return np.stack([1 - p, p], 1)
-    strong = probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
-    weak = probs(0.3 * (2 * y - 1) + rng.normal(0, 0.8, 70))
+    strong = _binary_probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
+    weak = _binary_probs(0.3 * (2 * y - 1) + rng.normal(0, 0.8, 70))
     both = (strong + weak) / 2
     drop = score(strong, y, task="binary", metric="auroc") - score(both, y, task="binary", metric="auroc")
     assert drop <= _STOP_DROP  # the AUROC alone would not keep it out
@@ -110,7 +110,7 @@ def test_greedy_selection_leaves_out_a_weak_member_that_a_saturated_auroc_does_n
     chosen, _ = _forward_select([_member("strong", strong), _member("weak", weak)], y, task="binary", k=5, metric="auroc")
     assert [m.trial_id for m in chosen] == ["strong"]
     # ...while a second strong member with its own errors, which lowers the log loss, joins.
-    other = probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
+    other = _binary_probs(4.0 * (2 * y - 1) + rng.normal(0, 1.5, 70))
     chosen, _ = _forward_select([_member("strong", strong), _member("weak", weak), _member("other", other)], y,
                                 task="binary", k=5, metric="auroc")
     assert [m.trial_id for m in chosen] == ["strong", "other"]
@@ -208,11 +208,8 @@ def test_greedy_selection_takes_a_good_member_whose_probabilities_are_only_softe
     # temperature, and after it the pair is better: the second member joins.
     rng = np.random.default_rng(5)
     y = rng.integers(0, 2, 1000)
-    def probs(z):
-        p = 1 / (1 + np.exp(-z))
-        return np.stack([1 - p, p], 1)
-    sharp = probs(6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000))
-    soft = probs(0.25 * (6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000)))
+    sharp = _binary_probs(6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000))
+    soft = _binary_probs(0.25 * (6.0 * (2 * y - 1) + rng.normal(0, 4.0, 1000)))
     both = (sharp + soft) / 2
     assert score(both, y, task="binary", metric="auroc") > score(sharp, y, task="binary", metric="auroc")
     assert score(both, y, task="binary", metric="log_loss") > score(sharp, y, task="binary", metric="log_loss")
