@@ -1,9 +1,11 @@
-"""Grad-CAM of an ensemble bundle: ``python -m ensemble.explain BUNDLE IMAGE --out cam.png [--class NAME]``.
+"""Grad-CAM of an ensemble bundle: ``python -m ensemble.explain BUNDLE IMAGE --out cam.png [--class NAME] [--tta | --no-tta]``.
 
 One map per member (Grad-CAM from the ``grad-cam`` package on the backbone's last convolution that
 still has a spatial extent) and the combined map: the members' maps averaged with the combiner's
-member weights when it has them (greedy selection), else equally. One PNG: the input as the members
-saw it, each member's overlay, the combined overlay.
+member weights when it has them (greedy selection), else equally. A member that predicts the mean of
+its logits over the image and its mirrors (its ``tta`` flips, as the bundle predicts) is explained the
+same way: its map is the mean of the maps of every view, each flipped back onto the image. One PNG: the
+input as the members saw it, each member's overlay, the combined overlay.
 """
 
 from __future__ import annotations
@@ -72,13 +74,16 @@ def last_conv_layer(model: Any, example) -> tuple[str, Any]:
     return convs[-1]
 
 
-def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanation:
+def explain(bundle: Any, image: Any, *, target: str | None = None, tta: bool | None = None) -> Explanation:
     """Grad-CAM maps of every member of ``bundle`` (a ``Bundle`` or its folder) for one image.
 
     Args:
         bundle: a loaded ``Bundle`` or a bundle folder.
         image: an image file or an array ``(H, W[, C])``.
         target: the class to explain; default the ensemble's top class.
+        tta: as in ``Bundle.member_proba``: ``None`` (default) explains each member over the flips it
+            predicts with (the mean of the views' maps, each flipped back), ``False`` the image alone,
+            ``True`` over the horizontal mirror too.
 
     Example:
         >>> exp = explain("runs/cxr/ensemble", "xray.png")
@@ -86,6 +91,7 @@ def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanatio
         (28, 28)
     """
     import cv2
+    import torch
 
     try:
         from pytorch_grad_cam import GradCAM
@@ -93,13 +99,15 @@ def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanatio
     except ImportError:
         raise ConfigError("Grad-CAM comes from the grad-cam package, which is not installed: pip install grad-cam") from None
 
+    from trainables import flip_views
+
     from ._bundle import load
     from ._report import member_weights
 
     if isinstance(bundle, (str, Path)):
         bundle = load(bundle)
     names = bundle.class_names
-    member_probs = bundle.member_proba([image])[:, 0]
+    member_probs = bundle.member_proba([image], tta=tta)[:, 0]
     probs = bundle.combiner.predict_proba(member_probs[:, None, :])[0]
     if target is None:
         j = int(np.argmax(probs))
@@ -117,8 +125,14 @@ def explain(bundle: Any, image: Any, *, target: str | None = None) -> Explanatio
         if tuple(x.shape) not in found:
             found[tuple(x.shape)] = last_conv_layer(model, x)
         name, layer = found[tuple(x.shape)]
+        views = flip_views(bundle.flips(i, tta))
         with GradCAM(model=model, target_layers=[layer]) as cam:
-            grey = cam(input_tensor=x, targets=[ClassifierOutputTarget(j)])[0]
+            # A flipped view's map lies on the flipped image: flip it back (NCHW dims 2, 3 are the map's
+            # rows and columns) before the mean, so every view points at the same place.
+            grey = sum(
+                np.flip(cam(input_tensor=torch.flip(x, dims=list(dims)) if dims else x, targets=[ClassifierOutputTarget(j)])[0], [d - 2 for d in dims])
+                for dims in views
+            ) / len(views)
         model.zero_grad(set_to_none=True)
         if grey.shape != (size, size):
             grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_LINEAR)
@@ -187,13 +201,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="cam.png", help="the PNG to write (default cam.png)")
     parser.add_argument("--class", dest="target", default=None, help="the class to explain (default: the ensemble's prediction)")
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where the members run (default cpu)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="explain over the horizontal mirror too (--tta) or the image alone (--no-tta); "
+                             "default: each member's own test-time flips, as it predicts")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     with cli_errors(args.bundle, debug=args.debug) as cli:
         from ._bundle import load
 
         bundle = load(args.bundle, device=args.device)
-        exp = explain(bundle, args.image, target=args.target)
+        exp = explain(bundle, args.image, target=args.target, tta=args.tta)
         out = save_figure(exp, args.out, member_ids=[m["trial_id"] for m in bundle.members], source=args.image)
     if cli.status:
         return cli.status
