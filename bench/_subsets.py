@@ -11,6 +11,12 @@ It has as many training arrays as a large set and costs as much to train on, but
 A ``v<n_val>`` suffix (``bloodmnist-90000v10000``) grows the validation split the same way, standing in for
 a large set's large validation split (PathMNIST's 10,004, ChestMNIST's 11,219): its copies are near-duplicates.
 
+An ``n<percent>`` suffix (``bloodmnist-1000n30``) then gives that share of every split's labels, test included,
+a uniformly drawn other class (seeded apart from the cut, so the images are those of ``bloodmnist-1000``):
+a stand-in for a task whose graders disagree and whose ceiling is low, such as RetinaMNIST's five grades
+(test AUROC about 0.72 in the MedMNIST v2 table), where training longer memorises noise and a
+validation split of a hundred images ranks trials loosely.
+
 Bench scripts load this file by path (bench/ is not a package, and bench/ast.py shadows the stdlib's ``ast``)::
 
     spec = importlib.util.spec_from_file_location("_subsets", Path(__file__).with_name("_subsets.py"))
@@ -37,15 +43,17 @@ import numpy as np
 # The bench's datasets: both shared files whole, and 500- and 1,000-image cuts of their train splits.
 VARIANTS = ("pneumoniamnist", "pneumoniamnist-500", "pneumoniamnist-1000", "bloodmnist", "bloodmnist-500", "bloodmnist-1000")
 MIN_PER_CLASS = 2
-_NAME = re.compile(r"^(?P<dataset>[a-z0-9_]+?)(?:-(?P<n>[0-9]+)(?:v(?P<v>[0-9]+))?)?$")
+_NAME = re.compile(r"^(?P<dataset>[a-z0-9_]+?)(?:-(?P<n>[0-9]+)(?:v(?P<v>[0-9]+))?(?:n(?P<noise>[0-9]+))?)?$")
 
 
 def parse_variant(name: str) -> tuple[str, int | None]:
     """``"bloodmnist-1000"`` -> ``("bloodmnist", 1000)``; ``"bloodmnist"`` -> ``("bloodmnist", None)`` (the whole file)."""
     m = _NAME.match(name)
     if m is None:
-        raise ValueError(f"variant {name!r}: expected <dataset>, <dataset>-<n_train> or <dataset>-<n_train>v<n_val>, "
-                         "e.g. pneumoniamnist-500")
+        raise ValueError(f"variant {name!r}: expected <dataset>, <dataset>-<n_train>, <dataset>-<n_train>v<n_val> "
+                         "or any of those cuts with n<percent> (label noise), e.g. pneumoniamnist-500 or bloodmnist-1000n30")
+    if m["noise"] is not None and not 0 < int(m["noise"]) < 100:
+        raise ValueError(f"variant {name!r}: the label noise n<percent> must be in 1-99, got n{m['noise']}")
     return m["dataset"], (int(m["n"]) if m["n"] else None)
 
 
@@ -54,6 +62,13 @@ def variant_val(name: str) -> int | None:
     parse_variant(name)
     v = _NAME.match(name)["v"]
     return int(v) if v else None
+
+
+def variant_noise(name: str) -> float:
+    """The share of relabelled images a variant names (``"bloodmnist-1000n30"`` -> 0.3), else 0."""
+    parse_variant(name)
+    noise = _NAME.match(name)["noise"]
+    return int(noise) / 100 if noise else 0.0
 
 
 def allocate(counts: np.ndarray, n: int, *, minimum: int = MIN_PER_CLASS) -> np.ndarray:
@@ -88,13 +103,14 @@ def stratified_indices(labels: np.ndarray, n: int, rng: np.random.Generator) -> 
 
 
 def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, val_ratio: float | None = None,
-        n_val: int | None = None) -> dict:
+        n_val: int | None = None, noise: float = 0.0) -> dict:
     """Write a stratified, seeded subset of the MedMNIST npz ``src_npz`` to ``dst_npz``; return its split sizes.
 
     Train: ``n_train`` images, stratified by class, at least 2 per class. Val: the same fraction of the
     original val split as train was cut to (``val_ratio`` overrides it), stratified, at least 2 per class.
     Test: kept whole (the official split). The same seed gives the same images. A grown train split
-    (``n_train`` above the original's) keeps val whole, or grows it to ``n_val`` alike.
+    (``n_train`` above the original's) keeps val whole, or grows it to ``n_val`` alike. ``noise`` in [0, 1):
+    that share of every split's labels is replaced by another class (see ``relabel``).
 
     Example:
         >>> cut("../shared/datasets/pneumoniamnist.npz", "/tmp/p500/pneumoniamnist.npz", n_train=500, seed=0)
@@ -105,7 +121,7 @@ def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, va
     with np.load(src_npz) as z:
         y_train = z["train_labels"].reshape(len(z["train_labels"]), -1)[:, 0]
         if len(y_train) < n_train <= 8 * len(y_train):
-            return _grow(z, dst_npz, n_train=n_train, rng=rng, n_val=n_val)
+            return _write(dst_npz, relabel(_grow(z, n_train=n_train, rng=rng, n_val=n_val), noise, seed=seed))
         if n_val is not None:
             raise ValueError(f"a validation size (v{n_val}) is only grown with the train split; n_train {n_train} cuts it")
         if not 0 < n_train < len(y_train):
@@ -123,7 +139,32 @@ def cut(src_npz: str | Path, dst_npz: str | Path, *, n_train: int, seed: int, va
                 n = max(n, int(np.minimum(np.unique(flat, return_counts=True)[1], MIN_PER_CLASS).sum()))
                 keep = stratified_indices(flat, n, rng)
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images[keep], labels[keep]
-    return _write(dst_npz, arrays)
+    return _write(dst_npz, relabel(arrays, noise, seed=seed))
+
+
+def relabel(arrays: dict[str, np.ndarray], noise: float, *, seed: int) -> dict[str, np.ndarray]:
+    """``arrays`` with ``noise`` of each split's labels replaced by a uniformly drawn other class.
+
+    Its own generator (from ``seed``), so a noisy variant keeps the images of its clean one. Single-label
+    files only: a multi-label file's columns are not classes to swap.
+    """
+    if not noise:
+        return arrays
+    if not 0 < noise < 1:
+        raise ValueError(f"noise must be in [0, 1), got {noise}")
+    splits = ("train", "val", "test")
+    if any(arrays[f"{s}_labels"].reshape(len(arrays[f"{s}_labels"]), -1).shape[1] != 1 for s in splits):
+        raise ValueError("label noise needs a single-label file (one label column)")
+    k = int(max(arrays[f"{s}_labels"].max() for s in splits)) + 1
+    rng = np.random.default_rng([seed, 1])
+    out = dict(arrays)
+    for s in splits:
+        labels = arrays[f"{s}_labels"].copy()
+        flat = labels.reshape(-1)
+        hit = rng.random(len(flat)) < noise
+        flat[hit] = (flat[hit] + rng.integers(1, k, size=int(hit.sum()))) % k  # never the class it had
+        out[f"{s}_labels"] = labels
+    return out
 
 
 def _dihedral(images: np.ndarray, k: int) -> np.ndarray:
@@ -132,9 +173,9 @@ def _dihedral(images: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(out[:, :, ::-1] if k >= 4 else out)
 
 
-def _grow(z, dst_npz: str | Path, *, n_train: int, rng: np.random.Generator, n_val: int | None = None) -> dict:
-    """Write a train split of ``n_train`` drawn from the 8 rotations/flips of ``z``'s train split; val whole
-    (or grown to ``n_val`` alike), test whole."""
+def _grow(z, *, n_train: int, rng: np.random.Generator, n_val: int | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a train split of ``n_train`` drawn from the 8 rotations/flips of ``z``'s train split; val
+    whole (or grown to ``n_val`` alike), test whole."""
     arrays = {}
     for split, n in (("train", n_train), ("val", n_val)):
         images, labels = z[f"{split}_images"], z[f"{split}_labels"]
@@ -154,7 +195,7 @@ def _grow(z, dst_npz: str | Path, *, n_train: int, rng: np.random.Generator, n_v
                 grown[sel] = _dihedral(images[index[sel]], k)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = grown, pool_labels[keep]
     arrays["test_images"], arrays["test_labels"] = z["test_images"], z["test_labels"]
-    return _write(dst_npz, arrays)
+    return arrays
 
 
 def _write(dst_npz: str | Path, arrays: dict[str, np.ndarray]) -> dict:
@@ -193,11 +234,11 @@ def make_variants(root: str | Path, names=VARIANTS, *, src_dir: str | Path, seed
         else:
             stat = src.stat()
             meta = {"src": str(src), "src_size": stat.st_size, "src_mtime": stat.st_mtime, "n_train": n_train, "seed": seed,
-                    "n_val": variant_val(name)}
+                    "n_val": variant_val(name), "noise": variant_noise(name)}
             meta_file = folder / "cut.json"
             old = json.loads(meta_file.read_text()) if meta_file.is_file() else None
             if not (dst.is_file() and old is not None and {k: old.get(k) for k in meta} == meta):
-                meta["sizes"] = cut(src, dst, n_train=n_train, seed=seed, n_val=meta["n_val"])
+                meta["sizes"] = cut(src, dst, n_train=n_train, seed=seed, n_val=meta["n_val"], noise=meta["noise"])
                 meta_file.write_text(json.dumps(meta, indent=2))
         out[name] = folder
     return out

@@ -126,3 +126,21 @@ def test_a_grown_variant_can_grow_its_validation_split_too(npz, tmp_path):
         subsets.cut(npz, tmp_path / "a.npz", n_train=500, seed=0, n_val=1000)
     with pytest.raises(ValueError, match="grown val split must hold"):
         subsets.cut(npz, tmp_path / "a.npz", n_train=3000, seed=0, n_val=5000)
+
+
+def test_a_noisy_variant_relabels_its_share_of_every_split_on_the_clean_cut_s_images(npz, tmp_path):
+    assert subsets.parse_variant("toymnist-500n30") == ("toymnist", 500)
+    assert subsets.variant_noise("toymnist-500n30") == 0.3 and subsets.variant_noise("toymnist-500") == 0.0
+    got = subsets.make_variants(tmp_path / "v", ["toymnist-500", "toymnist-500n30"], src_dir=npz.parent, seed=0)
+    with np.load(got["toymnist-500"] / "toymnist.npz") as clean, np.load(got["toymnist-500n30"] / "toymnist.npz") as noisy:
+        for split in ("train", "val", "test"):
+            np.testing.assert_array_equal(noisy[f"{split}_images"], clean[f"{split}_images"])
+            moved = noisy[f"{split}_labels"][:, 0] != clean[f"{split}_labels"][:, 0]
+            assert abs(moved.mean() - 0.3) < 0.12, (split, moved.mean())  # a changed label is always another class
+            assert set(noisy[f"{split}_labels"][:, 0].tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("bad", ["toy-500n0", "toy-500n100", "toy-500n"])
+def test_label_noise_out_of_range_or_without_a_cut_is_rejected(bad):
+    with pytest.raises(ValueError):
+        subsets.variant_noise(bad)
