@@ -129,10 +129,10 @@ def explain(bundle: Any, image: Any, *, target: str | None = None, tta: bool | N
         with GradCAM(model=model, target_layers=[layer]) as cam:
             # A flipped view's map lies on the flipped image: flip it back (NCHW dims 2, 3 are the map's
             # rows and columns) before the mean, so every view points at the same place.
-            grey = sum(
-                np.flip(cam(input_tensor=torch.flip(x, dims=list(dims)) if dims else x, targets=[ClassifierOutputTarget(j)])[0], [d - 2 for d in dims])
+            grey = np.mean([
+                np.flip(cam(input_tensor=torch.flip(x, dims=list(dims)) if dims else x, targets=[ClassifierOutputTarget(j)])[0], tuple(d - 2 for d in dims))
                 for dims in views
-            ) / len(views)
+            ], axis=0)
         model.zero_grad(set_to_none=True)
         if grey.shape != (size, size):
             grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_LINEAR)
