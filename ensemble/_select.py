@@ -321,6 +321,7 @@ def select_members(
         k = available
     # Forward selection also when the sweep left no more trials than top_k: it may stop before taking them all.
     greedy = settings.selection == "greedy" and available > 1
+    start = 0
     if greedy:
         start, why = _greedy_start([(row, best) for row, best, _, _ in chosen], mode=mode)
         if start:
@@ -378,7 +379,8 @@ def select_members(
         y_val, y_test, val_ids, test_ids, groups_val = y_pooled, y_pooled_test, ids_val, ids_test, None
         notes.append(f"slice predictions pooled per volume ({pool}): {len(val_ids)} validation and {len(test_ids)} test volumes")
     if greedy:
-        members, picked_note = _forward_select(members, y_val, task=task, k=k, metric=settings.stacking_metric(metric))
+        members, picked_note = _forward_select(members, y_val, task=task, k=k, metric=settings.stacking_metric(metric),
+                                               moved_start=bool(start))
         notes.append(picked_note)
     return Selection(
         run_dir=run_dir,
@@ -435,10 +437,12 @@ def _greedy_start(ranked: list[tuple[Mapping[str, Any], float]], *, mode: str) -
     )
 
 
-def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, metric: str) -> tuple[list[Member], str]:
+def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, metric: str,
+                    moved_start: bool = False) -> tuple[list[Member], str]:
     """Forward selection without replacement (Caruana et al. 2004) of at most ``k`` members.
 
-    Starts from the best member by the sweep metric (``members[0]``); each step adds the candidate whose
+    Starts from ``members[0]``: the best member by the sweep metric, or the one ``_greedy_start`` moved there
+    (``moved_start``, which the note then says); each step adds the candidate whose
     addition gives the best ``metric`` of the averaged validation probabilities, log loss breaking ties
     (AUROC saturates on small validation splits). The selection ends at the first step that neither
     raises the primary metric by more than ``_STOP_DROP`` nor keeps it within ``_STOP_DROP`` while
@@ -485,7 +489,7 @@ def _forward_select(members: list[Member], y: np.ndarray, *, task: str, k: int, 
     ranks = ", ".join(f"{members[i].trial_id} (#{i + 1})" for i in picked)
     note = (
         f"greedy selection over the {len(members)} best trials picked {len(chosen)}: {ranks} "
-        f"(# = rank by the sweep metric{', the start first' if members and members[0].val_score < max(m.val_score for m in members) else ''})"
+        f"(# = rank by the sweep metric{', the start first' if moved_start else ''})"
     )
     return chosen, note
 

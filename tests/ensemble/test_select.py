@@ -87,6 +87,10 @@ def test_greedy_selection_passes_over_a_copy_of_a_member_for_one_that_errs_elsew
     chosen, note = _forward_select(members, y, task="binary", k=2, metric="auroc")
     assert [m.trial_id for m in chosen] == ["a", "c"]
     assert "greedy selection over the 3 best trials picked 2: a (#1), c (#3)" in note
+    assert note.endswith("(# = rank by the sweep metric)")
+    # When the start rule moved a trial to the front, the note says so (the ranks are those of the new order).
+    _, moved = _forward_select(members, y, task="binary", k=2, metric="auroc", moved_start=True)
+    assert moved.endswith("(# = rank by the sweep metric, the start first)")
     # A clearly worse member is not averaged in.
     bad = _binary_probs(-signal + rng.normal(0, 1.0, 400))
     chosen, _ = _forward_select([_member("a", a), _member("bad", bad)], y, task="binary", k=2, metric="auroc")
